@@ -1,0 +1,15 @@
+"""unified-petl: the unified view of parameter-efficient transfer learning in JAX/Flax.
+
+    import unified_petl as up
+    base = up.load_pretrained("path/or/hub-id")
+    model = up.build(base.config, "mam(l=30, r=512, s=4)")
+    delta = up.init_delta(model, jax.random.key(0), batch)
+    out = model.apply({"params": base.params, "delta": delta}, **batch, deterministic=True)
+"""
+from unified_petl.build import build, init_delta, shape_tree
+from unified_petl.delta.spec import Method, SpecError, Term, parse_method
+from unified_petl.models.loading import Base, CheckpointError, load_pretrained
+
+__all__ = ["build", "init_delta", "shape_tree", "load_pretrained", "Base", "CheckpointError",
+           "Method", "Term", "SpecError", "parse_method"]
+__version__ = "0.1.0"

@@ -1,0 +1,79 @@
+"""`build`: a transformers config + a Δh method -> a Flax module; `init_delta`: its Δh tree."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unified_petl.delta.spec import Method, parse_method
+from unified_petl.models.config import arch_config
+
+
+def build(config: Any, method: "str | Method" = "none", *, num_labels: Optional[int] = None,
+          pretrained_head: Optional[bool] = None, dtype=jnp.float32, decode: bool = False):
+    """The base model of `config` with the Δh of `method` at the paper's points.
+
+    config: a transformers config (or ArchConfig). method: a preset string ('mam(l=30,r=512)')
+    or a Method. num_labels: encoder-only models get a classification head with this many
+    labels (None: the checkpoint's head if its architecture has one, else no head).
+    pretrained_head: the head's weights come from the checkpoint (frozen `params`) rather than
+    being new (`delta`). dtype: compute dtype (bf16 for speed; weights and Δh stay fp32).
+    decode: (m)BART decoder with a KV cache, for generation.
+    """
+    from unified_petl.models.bart import BartForConditionalGeneration
+    from unified_petl.models.roberta import RobertaModel
+
+    cfg = arch_config(config)
+    method = parse_method(method) if isinstance(method, str) else method.validate()
+    method.validate(encoder_only=not cfg.seq2seq)
+    if cfg.seq2seq:
+        return BartForConditionalGeneration(cfg, method, decode=decode, dtype=dtype)
+    has_cls_arch = any("ForSequenceClassification" in a
+                       for a in (getattr(config, "architectures", None) or []))
+    if num_labels is None:
+        num_labels = cfg.num_labels if has_cls_arch else 0
+    if pretrained_head is None:
+        pretrained_head = has_cls_arch
+    if num_labels < 0:
+        raise ValueError(f"num_labels={num_labels} must be >= 0")
+    return RobertaModel(cfg, method, num_labels=num_labels, pretrained_head=pretrained_head,
+                        dtype=dtype)
+
+
+def dummy_batch(model, batch_size: int = 1, length: int = 8) -> dict[str, np.ndarray]:
+    """A tiny batch of the right kind for shape evaluation and initialisation."""
+    ids = np.ones((batch_size, length), np.int32) * 5
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    if model.cfg.seq2seq:
+        batch["decoder_input_ids"] = ids
+    return batch
+
+
+def shape_tree(model, collection: str = "params") -> Any:
+    """ShapeDtypeStructs of one collection, with no FLOPs and no memory (jax.eval_shape)."""
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    shapes = jax.eval_shape(lambda: model.init(rngs, **dummy_batch(model)))
+    return shapes.get(collection, {})
+
+
+def init_delta(model, rng: jax.Array, batch: Optional[dict] = None, params: Any = None) -> Any:
+    """The `delta` collection of `model` ({} when the method has no Δh variables).
+
+    With `params`, only Δh is initialised (apply with the frozen tree, `delta` mutable);
+    without, the whole model is initialised and its random base weights are dropped.
+    """
+    batch = dict(batch if batch is not None else dummy_batch(model))
+    batch = {k: v for k, v in batch.items() if k in _INPUT_KEYS}
+    rngs = {"params": rng, "dropout": jax.random.fold_in(rng, 1)}
+    if params is None:
+        variables = jax.jit(lambda r: model.init(r, **batch))(rngs)
+        return variables.get("delta", {})
+    _, state = jax.jit(lambda p, r: model.apply({"params": p}, **batch, rngs=r,
+                                                mutable=["delta"]))(params, rngs)
+    return state.get("delta", {})
+
+
+_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "decoder_input_ids",
+               "decoder_attention_mask")

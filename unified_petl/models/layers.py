@@ -1,0 +1,190 @@
+"""Building blocks of the base models, each with the Δh points of the paper.
+
+Every frozen weight is read through `frozen_param` (masked offsets, BitFit); linear layers carry
+LoRA; `Attention` exposes the head outputs before W_o (prefixes, gated prefixes, multi-head PA),
+the concatenated heads (attention PA) and the attention output (sequential attention adapter).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from unified_petl.delta.adapter import Adapter, MultiHeadAdapter
+from unified_petl.delta.lora import lora_delta
+from unified_petl.delta.prefix import gated_prefix_attention, split_heads
+from unified_petl.delta.spec import Method
+from unified_petl.delta.variables import frozen_param, normal, ones, zeros
+
+# Which module names a LoRA target means, in BART and BERT/RoBERTa naming.
+LORA_NAMES = {"q": ("q_proj", "query"), "k": ("k_proj", "key"), "v": ("v_proj", "value"),
+              "o": ("out_proj", "out"), "fc1": ("fc1", "intermediate"),
+              "fc2": ("fc2", "output")}
+
+NEG_INF = float(jnp.finfo(jnp.float32).min)
+
+
+class Dense(nn.Module):
+    """y = x W + b (+ LoRA). kernel [d_in, features] (the transpose of PyTorch's weight)."""
+
+    features: int
+    method: Method = Method()
+    lora_target: Optional[str] = None
+    use_bias: bool = True
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        patterns = self.method.masked_patterns
+        kernel = frozen_param(self, "kernel", normal(0.02), (x.shape[-1], self.features),
+                              patterns)
+        y = x.astype(self.dtype) @ kernel.astype(self.dtype)
+        if self.use_bias:
+            y = y + frozen_param(self, "bias", zeros, (self.features,), patterns).astype(self.dtype)
+        term = self.method.lora_for(self.lora_target) if self.lora_target else None
+        if term is not None:
+            y = y + lora_delta(self, term, x, self.features, deterministic, self.dtype)
+        return y
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm in fp32 with PyTorch's parameters (scale = weight, bias)."""
+
+    eps: float = 1e-5
+    method: Method = Method()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        d = x.shape[-1]
+        scale = frozen_param(self, "scale", ones, (d,), self.method.masked_patterns)
+        bias = frozen_param(self, "bias", zeros, (d,), self.method.masked_patterns)
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        return ((x32 - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias).astype(x.dtype)
+
+
+class Embed(nn.Module):
+    """Embedding table [num, features]; `attend` gives the tied LM-head logits."""
+
+    num: int
+    features: int
+    method: Method = Method()
+
+    def setup(self):
+        self.embedding = frozen_param(self, "embedding", normal(0.02), (self.num, self.features),
+                                      self.method.masked_patterns)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding, ids, axis=0)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        return x @ self.embedding.astype(x.dtype).T
+
+
+def padding_bias(mask: jax.Array) -> jax.Array:
+    """attention_mask [B, S] (1 = token) -> additive bias [B, 1, 1, S]."""
+    return jnp.where(mask[:, None, None, :] > 0, 0.0, NEG_INF).astype(jnp.float32)
+
+
+def causal_bias(length: int) -> jax.Array:
+    """[1, 1, T, T] additive bias that hides future positions."""
+    allowed = jnp.tril(jnp.ones((length, length), bool))
+    return jnp.where(allowed, 0.0, NEG_INF)[None, None].astype(jnp.float32)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with the paper's Δh points.
+
+    Attributes:
+      num_heads, method: the Δh method; site: which prefix set applies (encoder / decoder /
+      cross); names: module names of the q, k, v, o projections (BART or BERT naming);
+      dropout: attention-probability dropout; decode: self-attention with a KV cache
+      (`cache` collection, preallocated to the length of the first call's `max_length`).
+    __call__(x [B, T, d], kv [B, S, d] or None (self-attention), bias [B, 1|H, T, S] additive,
+      prefix [2, l, d] or None, deterministic) -> attention output [B, T, d] (after W_o and the
+      sequential attention adapter, before the sub-layer's dropout and residual).
+    """
+
+    num_heads: int
+    method: Method = Method()
+    names: tuple[str, str, str, str] = ("q_proj", "k_proj", "v_proj", "out_proj")
+    dropout: float = 0.0
+    decode: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    def _dense(self, d, target, name):
+        return Dense(d, self.method, lora_target=target, dtype=self.dtype, name=name)
+
+    @nn.compact
+    def __call__(self, x, kv=None, bias=None, prefix=None, deterministic=True):
+        d = x.shape[-1]
+        heads, d_head = self.num_heads, d // self.num_heads
+        is_self = kv is None
+        kv = x if is_self else kv
+        split = lambda y: y.reshape(y.shape[:-1] + (heads, d_head))
+        q = split(self._dense(d, "q", self.names[0])(x, deterministic))
+        k = split(self._dense(d, "k", self.names[1])(kv, deterministic))
+        v = split(self._dense(d, "v", self.names[2])(kv, deterministic))
+        if self.decode and is_self:
+            k, v, bias = self._extend_cache(k, v, bias)
+        if bias is None:
+            bias = jnp.zeros((1, 1, 1, 1), jnp.float32)
+        scale = d_head ** -0.5
+        dropout_rng = None
+        if self.dropout > 0.0 and not deterministic:
+            dropout_rng = self.make_rng("dropout")
+        prefix_term = self.method.prefix
+        explicit = prefix is not None and (prefix_term.explicit_gate
+                                           or prefix_term.composition == "add")
+        if explicit:  # the gated form term by term (no attention-probability dropout)
+            p_k, p_v = split_heads(prefix.astype(q.dtype), heads)
+            out, lam = gated_prefix_attention(q, k, v, bias, p_k, p_v, scale=scale,
+                                              gate=prefix_term.composition == "gated")
+            self.sow("intermediates", "prefix_gate", lam)
+        else:
+            if prefix is not None:  # concatenation: K <- [P_k; K], V <- [P_v; V]
+                p_k, p_v = split_heads(prefix.astype(q.dtype), heads)
+                b = k.shape[0]
+                k = jnp.concatenate([jnp.broadcast_to(p_k, (b,) + p_k.shape), k], axis=1)
+                v = jnp.concatenate([jnp.broadcast_to(p_v, (b,) + p_v.shape), v], axis=1)
+                bias = jnp.pad(bias, ((0, 0), (0, 0), (0, 0), (p_k.shape[0], 0)))
+            out = self._softmax_attention(q, k, v, bias, scale, dropout_rng)
+        for term in self.method.adapters("heads"):  # multi-head PA, before W_o
+            out = out + MultiHeadAdapter(term, self.dtype, name="mh_adapter")(q, deterministic)
+        out = out.reshape(out.shape[:2] + (d,))
+        for term in self.method.adapters("attn", "parallel"):  # PA: Adapter(x) before W_o
+            out = out + Adapter(term, d, self.dtype, name="attn_adapter")(x, deterministic)
+        out = self._dense(d, "o", self.names[3])(out, deterministic)
+        for term in self.method.adapters("attn", "sequential"):  # o <- o + Adapter(o)
+            out = out + Adapter(term, d, self.dtype, name="attn_adapter")(out, deterministic)
+        return out
+
+    def _softmax_attention(self, q, k, v, bias, scale, dropout_rng):
+        logits = jnp.einsum("bthd,bshd->bhts", q, k).astype(jnp.float32) * scale + bias
+        probs = jax.nn.softmax(logits, axis=-1)
+        if dropout_rng is not None:
+            keep = jax.random.bernoulli(dropout_rng, 1.0 - self.dropout, probs.shape)
+            probs = jnp.where(keep, probs / (1.0 - self.dropout), 0.0)
+        return jnp.einsum("bhts,bshd->bthd", probs.astype(v.dtype), v)
+
+    def _extend_cache(self, k, v, bias):
+        """Write this step's K/V into the preallocated cache; attend to all filled slots."""
+        cached_k = self.variable("cache", "key", lambda: jnp.zeros_like(k))
+        cached_v = self.variable("cache", "value", lambda: jnp.zeros_like(v))
+        index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+        if self.is_initializing():
+            return k, v, bias
+        steps, max_len = k.shape[1], cached_k.value.shape[1]
+        i = index.value
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), (0, i, 0, 0))
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), (0, i, 0, 0))
+        index.value = i + steps
+        positions = jnp.arange(max_len)[None, :]
+        query_pos = i + jnp.arange(steps)[:, None]
+        step_bias = jnp.where(positions <= query_pos, 0.0, NEG_INF)[None, None]
+        if bias is not None:  # e.g. padding of the decoder prompt, already [B, 1, T, max_len]
+            step_bias = step_bias + bias
+        return cached_k.value, cached_v.value, step_bias
