@@ -285,9 +285,9 @@ def preset_terms(name: str, kw: dict[str, Any]) -> tuple[Term, ...]:
                       init="lora", dropout=float(take("dropout", 0.0)),
                       targets=_lora_targets(at)),)
     elif name == "houlsby":
-        r = int(take("r", 200))
-        terms = (_adapter("attn", "sequential", r, init=take("init", "bert")),
-                 _adapter("ffn", "sequential", r, init=take("init", "bert")))
+        r, init = int(take("r", 200)), take("init", "bert")
+        terms = (_adapter("attn", "sequential", r, init=init),
+                 _adapter("ffn", "sequential", r, init=init))
     elif name == "pfeiffer":
         terms = (_adapter("ffn", "sequential", int(take("r", 600)), init=take("init", "bert")),)
     elif name in ("pa", "sa"):
