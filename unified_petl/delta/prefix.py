@@ -11,12 +11,12 @@ Two equivalent computations (paper eq. 5-7):
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import traverse_util
 
 from unified_petl.delta.spec import Method, Term
@@ -99,12 +99,11 @@ def eject(method: Method, delta: Any):
     roots = sorted({p[:-1] for p in flat if p[-1] == "w2"})
     out = {p: v for p, v in flat.items() if p[:-1] not in roots}
     for root in roots:
-        mlp_vars = {name: np.asarray(flat[root + (name,)], np.float32)
+        mlp_vars = {name: jnp.asarray(flat[root + (name,)], jnp.float32)
                     for name in ("embedding", "w1", "b1", "w2", "b2")}
         width = mlp_vars["w2"].shape[1]
         d = mlp_vars["embedding"].shape[1]
-        out[root + ("kv",)] = np.asarray(prefix_mlp(mlp_vars, width // (2 * d), d))
-    import dataclasses
+        out[root + ("kv",)] = prefix_mlp(mlp_vars, width // (2 * d), d)
 
     new_terms = tuple(dataclasses.replace(t, mlp=False) if t is term else t for t in method.terms)
     ejected = Method(terms=new_terms, name=method.name, train_head=method.train_head)

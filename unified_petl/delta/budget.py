@@ -1,0 +1,192 @@
+"""Parameter accounting: what a method trains, what it stores, and the paper's formula count.
+
+Everything runs on shapes only (jax.eval_shape), so the shipped configs in configs/models/ are
+enough: no weights, no FLOPs.
+
+- trained: every Δh variable the optimiser updates (incl. the prefix MLP, adapter biases and
+  layernorms, a new task head — the head is also reported on its own).
+- stored: the Δh tree after `eject` (prefix MLPs replaced by the prefixes they produce).
+- paper: the formula of the paper's Tables 9-11 (REFERENCE.md): per sub-layer prefix 2·l·d,
+  adapters 2·r·d, LoRA r·(d_in + d_out) per projection, prompt l·d, masked = the masked
+  leaves' size; biases, layernorms and the prefix MLP are not counted.
+- percent_paper = 100 × paper / base_params.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections import defaultdict
+from typing import Any
+
+import jax
+from flax import traverse_util
+
+from unified_petl.delta.spec import Method, parse_method
+from unified_petl.models.config import ArchConfig, arch_config
+
+MODELS_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "models")
+
+
+def shipped_config(name: str):
+    """'bart-large' or 'facebook/bart-large' -> the transformers config in configs/models/."""
+    import transformers
+
+    short = name.split("/")[-1]
+    folder = os.path.join(MODELS_DIR, short)
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        return transformers.AutoConfig.from_pretrained(folder)
+    if os.path.isfile(os.path.join(name, "config.json")):
+        return transformers.AutoConfig.from_pretrained(name)
+    known = sorted(os.listdir(MODELS_DIR)) if os.path.isdir(MODELS_DIR) else []
+    raise ValueError(f"unknown base {name!r}: give a folder with a config.json or one of "
+                     f"{', '.join(known)}")
+
+
+def _size(shape) -> int:
+    return int(math.prod(shape))
+
+
+def term_label(path: tuple[str, ...], masked_paths: set) -> str:
+    """Which axis-point a Δh leaf belongs to, from its path in the delta tree."""
+    joined = "/".join(path)
+    if path in masked_paths:
+        return "masked@params"
+    if any(p.startswith("prefix_") for p in path):
+        return "prefix@heads"
+    if path[-1] == "prompt":
+        return "prompt@embed"
+    if "mh_adapter" in path:
+        return "adapter@heads"
+    if "attn_adapter" in path:
+        return "adapter@attn"
+    if "ffn_adapter" in path:
+        return "adapter@ffn"
+    if path[-1] in ("lora_a", "lora_b"):
+        return "lora"
+    if path[0].startswith(("classifier", "pooler")):
+        return "head"
+    return f"other:{joined}"
+
+
+def layer_of(path: tuple[str, ...]) -> str:
+    """'encoder/3', 'decoder/0', ... or 'global' for Δh outside the layers."""
+    for i, part in enumerate(path):
+        m = re.fullmatch(r"(?:encoder_)?layers?_(\d+)", part)
+        if m:
+            stack = path[i - 1] if i and path[i - 1] in ("encoder", "decoder") else "encoder"
+            return f"{stack}/{int(m.group(1))}"
+    return "global"
+
+
+def _paper_count(method: Method, cfg: ArchConfig, masked_size: int) -> dict[str, int]:
+    d = cfg.d_model
+    n_layers_attn = cfg.encoder_layers + 2 * cfg.decoder_layers  # enc self, dec self, cross
+    n_ffn = cfg.encoder_layers + cfg.decoder_layers
+    out: dict[str, int] = defaultdict(int)
+    for t in method.terms:
+        if t.form == "prefix":
+            out["prefix@heads"] += 2 * t.size * d * n_layers_attn
+        elif t.form == "prompt":
+            out["prompt@embed"] += t.size * d
+        elif t.form == "adapter":
+            n = n_ffn if t.at == "ffn" else n_layers_attn
+            out[f"adapter@{t.at}"] += 2 * t.size * d * n
+        elif t.form == "lora":
+            for target in t.targets:
+                if target in ("q", "k", "v", "o"):
+                    out["lora"] += t.size * (d + d) * n_layers_attn
+                else:
+                    ffn = cfg.ffn_dim
+                    out["lora"] += t.size * (d + ffn) * n_ffn
+        elif t.form == "masked":
+            out["masked@params"] = masked_size
+    return dict(out)
+
+
+def count(config: Any, method: "str | Method", *, num_labels: int = 0) -> dict[str, Any]:
+    """Parameter counts of `method` on the base model of `config` (shape evaluation only).
+
+    Returns {base_params, trained, stored, paper, percent_paper, percent_trained, head,
+    per_axis: {label: {trained, stored, paper}}, per_layer: {layer: trained}}.
+    """
+    from unified_petl.build import build, shape_tree
+
+    cfg = arch_config(config)
+    method = parse_method(method) if isinstance(method, str) else method
+    model = build(config, method, num_labels=num_labels, pretrained_head=False)
+    params = traverse_util.flatten_dict(shape_tree(model, "params"))
+    delta = shape_tree(model, "delta")
+    flat_delta = traverse_util.flatten_dict(delta)
+    base_params = sum(_size(v.shape) for v in params.values())
+    masked_paths = {p for p in flat_delta if p in params}
+    masked_size = sum(_size(flat_delta[p].shape) for p in masked_paths)
+    if method.full:
+        masked_size = base_params
+
+    per_axis: dict[str, dict[str, int]] = defaultdict(lambda: {"trained": 0, "stored": 0,
+                                                               "paper": 0})
+    per_layer: dict[str, int] = defaultdict(int)
+    for path, leaf in flat_delta.items():
+        label = term_label(path, masked_paths)
+        per_axis[label]["trained"] += _size(leaf.shape)
+        per_layer[layer_of(path)] += _size(leaf.shape)
+    for path, leaf in flat_delta.items():
+        per_axis[term_label(path, masked_paths)]["stored"] += stored_size(path, leaf.shape,
+                                                                          flat_delta)
+    for label, n in _paper_count(method, cfg, masked_size).items():
+        per_axis[label]["paper"] += n
+    if method.full:
+        per_axis["full@params"] = {"trained": base_params, "stored": base_params,
+                                   "paper": base_params}
+    head = per_axis.get("head", {}).get("trained", 0)
+    trained = sum(v["trained"] for v in per_axis.values())
+    stored = sum(v["stored"] for v in per_axis.values())
+    paper = sum(v["paper"] for v in per_axis.values())
+    return {
+        "base": getattr(config, "_name_or_path", "") or cfg.kind,
+        "method": method.name,
+        "base_params": base_params,
+        "trained": trained,
+        "stored": stored,
+        "head": head,
+        "paper": paper,
+        "percent_paper": 100.0 * paper / base_params,
+        "percent_trained": 100.0 * trained / base_params,
+        "per_axis": {k: dict(v) for k, v in sorted(per_axis.items())},
+        "per_layer": dict(sorted(per_layer.items())),
+    }
+
+
+def count_for(base: str, method: "str | Method", **kw) -> dict[str, Any]:
+    """`count` for a shipped config name ('bart-large') or a folder with a config.json."""
+    result = count(shipped_config(base), method, **kw)
+    result["base"] = base
+    return result
+
+
+def stored_size(path: tuple[str, ...], shape, flat_delta: dict) -> int:
+    """Size of a Δh leaf after `eject`: a prefix MLP is stored as its output [L, 2, l, d]."""
+    if path[-1] in PREFIX_MLP_LEAVES:
+        if path[-1] != "w2":
+            return 0
+        l = flat_delta[path[:-1] + ("embedding",)].shape[0]
+        return l * shape[1]  # l × (L·2·d)
+    return _size(shape)
+
+
+PREFIX_MLP_LEAVES = ("embedding", "w1", "b1", "w2", "b2")
+
+
+def format_count(result: dict[str, Any]) -> str:
+    """A small human-readable table of `count`'s result."""
+    lines = [f"base {result['base']}: {result['base_params']:,} parameters; "
+             f"method {result['method']}",
+             f"{'axis':<18}{'trained':>14}{'stored':>14}{'paper':>14}"]
+    for label, v in result["per_axis"].items():
+        lines.append(f"{label:<18}{v['trained']:>14,}{v['stored']:>14,}{v['paper']:>14,}")
+    lines.append(f"{'total':<18}{result['trained']:>14,}{result['stored']:>14,}"
+                 f"{result['paper']:>14,}")
+    lines.append(f"paper formula: {result['percent_paper']:.2f}% of the base; trained: "
+                 f"{result['percent_trained']:.2f}%")
+    return "\n".join(lines)
