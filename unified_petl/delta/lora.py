@@ -40,8 +40,8 @@ def merge_lora(method: Method, params: Any, delta: Any):
     """Fold every LoRA product into its frozen kernel: W' = W + (α/r) A B (exact in fp32).
 
     Returns (method without its LoRA terms, merged params, delta without lora_a / lora_b).
-    Refused with a clear message when the method has non-linear Δh terms that cannot be merged
-    only if nothing is mergeable; other terms are kept as they are.
+    Other terms are kept as they are. Refused with a clear message for a method without LoRA:
+    adapters and prefixes are non-linear in h and cannot be folded into a weight.
     """
     lora_terms = method.of("lora")
     if not lora_terms:
@@ -58,18 +58,17 @@ def merge_lora(method: Method, params: Any, delta: Any):
             traverse_util.unflatten_dict(flat_delta) if flat_delta else {})
 
 
-def unmerge_lora(method: Method, merged_method: Method, params: Any, delta: Any):
-    """Undo `merge_lora`: W = W' - (α/r) A B. `delta` must hold the LoRA factors again."""
-    del merged_method
-    sites, _ = _lora_sites(delta)
+def unmerge_lora(method: Method, params: Any, delta: Any):
+    """Undo `merge_lora`: W = W' - (α/r) A B, with `method` the original (LoRA) method and
+    `delta` holding the LoRA factors. Returns the frozen tree as it was before merging."""
+    sites, flat_delta = _lora_sites(delta)
     if not sites:
         raise SpecError("unmerge needs the LoRA factors (lora_a, lora_b) in the delta tree")
-    flat_delta = traverse_util.flatten_dict(delta)
     flat_params = dict(traverse_util.flatten_dict(params))
     for site in sites:
-        target = _target_of(site, method)
         ab = flat_delta[site + ("lora_a",)] @ flat_delta[site + ("lora_b",)]
-        flat_params[site + ("kernel",)] = flat_params[site + ("kernel",)] - target.scale * ab
+        flat_params[site + ("kernel",)] = (flat_params[site + ("kernel",)]
+                                           - _target_of(site, method).scale * ab)
     return traverse_util.unflatten_dict(flat_params)
 
 
