@@ -18,7 +18,7 @@ TINY_ENCODER = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_atte
                     intermediate_size=37, max_position_embeddings=64, type_vocab_size=2)
 
 
-def tiny_hf_model(kind: str, *, classification: bool = False, seed: int = 0):
+def tiny_hf_model(kind: str, *, classification: bool = False, seed: int = 0, layers: int = 2):
     """A tiny random transformers PyTorch model of `kind` (bart, mbart, roberta, bert)."""
     import torch
     import transformers as tf
@@ -27,14 +27,15 @@ def tiny_hf_model(kind: str, *, classification: bool = False, seed: int = 0):
     if kind in ("bart", "mbart"):
         cls_cfg = tf.BartConfig if kind == "bart" else tf.MBartConfig
         extra = {} if kind == "bart" else {"scale_embedding": True}
-        config = cls_cfg(**TINY, **extra)
+        config = cls_cfg(**{**TINY, "encoder_layers": layers, "decoder_layers": layers},
+                         **extra)
         model = (tf.BartForConditionalGeneration if kind == "bart"
                  else tf.MBartForConditionalGeneration)(config)
         with torch.no_grad():  # a non-zero final_logits_bias so the test sees it
             model.final_logits_bias.normal_()
     else:
         cfg_cls = tf.RobertaConfig if kind == "roberta" else tf.BertConfig
-        config = cfg_cls(**TINY_ENCODER, num_labels=3,
+        config = cfg_cls(**{**TINY_ENCODER, "num_hidden_layers": layers}, num_labels=3,
                          pad_token_id=1 if kind == "roberta" else 0)
         if kind == "roberta":
             config.max_position_embeddings = 66
@@ -48,14 +49,15 @@ def tiny_hf_model(kind: str, *, classification: bool = False, seed: int = 0):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    """factory(kind, classification=False) -> folder with a saved tiny model."""
+    """factory(kind, classification=False, layers=2) -> folder with a saved tiny model."""
     cache = {}
 
-    def make(kind, classification=False):
-        key = (kind, classification)
+    def make(kind, classification=False, layers=2):
+        key = (kind, classification, layers)
         if key not in cache:
-            folder = tmp_path_factory.mktemp(f"{kind}{'_cls' if classification else ''}")
-            tiny_hf_model(kind, classification=classification).save_pretrained(folder)
+            folder = tmp_path_factory.mktemp(f"{kind}{'_cls' if classification else ''}{layers}")
+            tiny_hf_model(kind, classification=classification, layers=layers).save_pretrained(
+                folder)
             cache[key] = str(folder)
         return cache[key]
 
