@@ -1,0 +1,18 @@
+"""MNLI / SST-2, paper Table 2 (0.1% of RoBERTa-base): BitFit: every bias (formula: 0.08%).
+
+    unified-petl train --config configs/glue/bitfit.py:mnli --workdir runs/mnli_bitfit
+    unified-petl train --config configs/glue/bitfit.py:sst2 --workdir runs/sst2_bitfit
+
+Method `bitfit`; the GLUE settings are in glue_common.py.
+"""
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:  # the loader runs this file by path: make its helper importable
+    sys.path.insert(0, _HERE)
+from glue_common import row_config  # noqa: E402
+
+
+def get_config(task="mnli"):
+    return row_config('bitfit', task)

@@ -1,0 +1,18 @@
+"""WMT16 en-ro, paper Table 5 (6.1% of BART-large): LoRA on fc1/fc2, r=102, s=1 (the unscaled
+ablation).
+
+    unified-petl train --config configs/wmt_en_ro/lora_ffn_s1.py --workdir runs/enro_lora_ffn_s1
+
+Method `lora(at=ffn, r=102, alpha=102, dropout=0.1)`; the en-ro settings are in enro_common.py.
+"""
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:  # the loader runs this file by path: make its helper importable
+    sys.path.insert(0, _HERE)
+from enro_common import row_config  # noqa: E402
+
+
+def get_config():
+    return row_config('lora_ffn_s1')

@@ -1,0 +1,18 @@
+"""WMT16 en-ro, paper Table 6 (6.7% of BART-large): MAM adapter: prefix l=30 + scaled parallel FFN
+adapter r=512, s=4.
+
+    unified-petl train --config configs/wmt_en_ro/mam.py --workdir runs/enro_mam
+
+Method `mam(l=30, r=512, s=4)`; the en-ro settings are in enro_common.py.
+"""
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:  # the loader runs this file by path: make its helper importable
+    sys.path.insert(0, _HERE)
+from enro_common import row_config  # noqa: E402
+
+
+def get_config():
+    return row_config('mam')

@@ -1,0 +1,17 @@
+"""XSum, paper Table 6 (12.3% of BART-large): parallel adapter at the FFN, r=1024.
+
+    unified-petl train --config configs/xsum/pa_ffn_r1024.py --workdir runs/xsum_pa_ffn_r1024
+
+Method `pa(at=ffn, r=1024)`; the XSum settings are in xsum_common.py.
+"""
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:  # the loader runs this file by path: make its helper importable
+    sys.path.insert(0, _HERE)
+from xsum_common import row_config  # noqa: E402
+
+
+def get_config():
+    return row_config('pa_ffn_r1024')

@@ -1,0 +1,17 @@
+"""XSum, paper Table 5 (6.1% of BART-large): parallel FFN adapter r=512, add (s=1).
+
+    unified-petl train --config configs/xsum/pa_ffn_r512.py --workdir runs/xsum_pa_ffn_r512
+
+Method `pa(at=ffn, r=512)`; the XSum settings are in xsum_common.py.
+"""
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:  # the loader runs this file by path: make its helper importable
+    sys.path.insert(0, _HERE)
+from xsum_common import row_config  # noqa: E402
+
+
+def get_config():
+    return row_config('pa_ffn_r512')

@@ -1,0 +1,152 @@
+"""Predictions over an eval set and their score with the task's metric.
+
+    metrics, predictions = predict_and_score(model, variables, task, encoded, tokenizer,
+                                             base, config.generate)
+
+Seq2seq (XSum, WMT16 en-ro): the eval set in dataset order (unified_petl.data.eval_batches,
+filler rows dropped) -> beam search (unified_petl.generate with the config's decoding
+settings) -> text (special tokens skipped, tokenisation spaces cleaned up, as the reference
+code's run_summarization / run_translation decode) -> ROUGE or BLEU
+(unified_petl.evaluate.compute with the task's metric; BLEU with the Romanian
+post-processing of the target language).
+Classification (MNLI, SST-2): argmax of the logits -> accuracy.
+
+References default to the encoded targets decoded the same way, so they are truncated at
+the eval target length (XSum: 60 tokens) exactly as the reference code's were; pass
+`references` (e.g. the raw summaries) to score against untruncated text.
+
+Runs on the default device of this process (the variables replicated or on one device);
+the trainer's sharded eval step computes the loss, this module the generated-text metrics.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# The keyword arguments of unified_petl.generate that a config's `generate` group may set.
+GENERATE_KEYS = ("num_beams", "max_length", "min_length", "length_penalty",
+                 "no_repeat_ngram_size", "early_stopping")
+
+
+def generate_kwargs(settings: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """A config's `generate` group (ConfigDict or dict) -> keywords of unified_petl.generate.
+
+    Missing keys take transformers' GenerationConfig defaults (greedy, max_length 20); an
+    unknown key is an error (a typo would silently decode with the default otherwise).
+    """
+    out = dict(num_beams=1, max_length=20, min_length=0, length_penalty=1.0,
+               no_repeat_ngram_size=0, early_stopping=False)
+    if settings is None:
+        return out
+    items = settings.items() if hasattr(settings, "items") else dict(settings).items()
+    for key, value in items:
+        if key not in out:
+            raise ValueError(f"unknown decoding setting {key!r}; use {', '.join(GENERATE_KEYS)}")
+        out[key] = value
+    return out
+
+
+def decoder_start_token_id(task, tokenizer) -> Optional[int]:
+    """The first decoder token when the task fixes it: mBART starts with the target language
+    code (ro_RO), which mbart-large-cc25's config does not name. None: read the config."""
+    lang = getattr(task, "tgt_lang", None)
+    if not lang:
+        return None
+    ids = tokenizer.convert_tokens_to_ids([lang])
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if not ids or ids[0] is None or ids[0] == unk:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no token {lang!r} for the "
+                         f"target language of task {task.name!r}")
+    return int(ids[0])
+
+
+def decode_texts(tokenizer, ids) -> list[str]:
+    """Token ids [B, T] -> strings, special tokens (BOS/EOS/pad/language codes) skipped."""
+    rows = [np.asarray(r).tolist() for r in ids]
+    texts = tokenizer.batch_decode(rows, skip_special_tokens=True,
+                                   clean_up_tokenization_spaces=True)
+    return [t.strip() for t in texts]
+
+
+def _rows(batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Indices of the real (weight 1) rows of an eval batch."""
+    return np.flatnonzero(np.asarray(batch["weight"]) > 0)
+
+
+def generate_texts(model, variables, encoded, tokenizer, hf_config, settings=None, *,
+                   batch_size: int = 16, decoder_start: Optional[int] = None,
+                   buckets: Optional[Sequence[int]] = None) -> list[str]:
+    """Generated text for every example of a seq2seq `encoded` split, in its order."""
+    from unified_petl.data import eval_batches
+    from unified_petl.generate import FROM_CONFIG, generate
+
+    kwargs = generate_kwargs(settings)
+    start = FROM_CONFIG if decoder_start is None else int(decoder_start)
+    texts: list[str] = []
+    for batch in eval_batches(encoded, batch_size=batch_size, buckets=buckets):
+        ids = generate(model, variables, batch["input_ids"], batch["attention_mask"],
+                       config=hf_config, decoder_start_token_id=start, **kwargs)
+        texts.extend(decode_texts(tokenizer, np.asarray(ids)[_rows(batch)]))
+    return texts
+
+
+def classify(model, variables, encoded, *, batch_size: int = 32,
+             buckets: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Predicted class ids int32 [N] of a classification `encoded` split, in its order."""
+    from unified_petl.data import eval_batches
+
+    @jax.jit
+    def predict(variables, input_ids, attention_mask, token_type_ids):
+        out = model.apply(variables, input_ids, attention_mask, token_type_ids,
+                          deterministic=True)
+        return jnp.argmax(out.logits, axis=-1)
+
+    preds = []
+    for batch in eval_batches(encoded, batch_size=batch_size, buckets=buckets):
+        pred = predict(variables, batch["input_ids"], batch["attention_mask"],
+                       batch.get("token_type_ids"))
+        preds.append(np.asarray(pred)[_rows(batch)])
+    return np.concatenate(preds).astype(np.int32) if preds else np.zeros(0, np.int32)
+
+
+def predict_and_score(model, variables, task, encoded, tokenizer, hf_config=None,
+                      gen_settings=None, *, batch_size: int = 16,
+                      references: Optional[Sequence[str]] = None,
+                      buckets: Optional[Sequence[int]] = None
+                      ) -> tuple[dict[str, float], list]:
+    """(metrics, predictions) of `model` on an encoded eval split of `task`.
+
+    model: from up.build (or load_delta); variables: {'params': frozen, 'delta': Δh}.
+    task: a unified_petl.data Task; encoded: unified_petl.data.encode(task, split, tokenizer).
+    hf_config: where generation reads token ids (a Base, a transformers config or a
+      GenerationConfig; see unified_petl.generate). gen_settings: the config's `generate`
+      group (num_beams, max_length, min_length, length_penalty, no_repeat_ngram_size,
+      early_stopping). references: target texts to score against (default: the encoded
+      targets, decoded).
+    Returns the metric dict of unified_petl.evaluate.compute(task.metric, ...) (seq2seq:
+    rouge1/rouge2/rougeLsum or bleu/bp/sys_len/ref_len; classification: accuracy) and the
+    predictions (strings, or class ids).
+    """
+    from unified_petl import evaluate
+
+    if task.kind == "classification":
+        preds = classify(model, variables, encoded, batch_size=batch_size, buckets=buckets)
+        return evaluate.compute("accuracy", preds, encoded.labels), preds.tolist()
+    if task.kind != "seq2seq":
+        raise ValueError(f"task {task.name!r} has kind {task.kind!r}; expected seq2seq or "
+                         "classification")
+    texts = generate_texts(model, variables, encoded, tokenizer, hf_config, gen_settings,
+                           batch_size=batch_size,
+                           decoder_start=decoder_start_token_id(task, tokenizer),
+                           buckets=buckets)
+    if references is None:
+        references = decode_texts(tokenizer, [encoded.target[i] for i in range(len(encoded))])
+    if len(references) != len(texts):
+        raise ValueError(f"{len(references)} references for {len(texts)} examples")
+    kwargs = {}
+    if task.metric == "bleu":
+        kwargs["target_lang"] = task.target_lang or ""
+    return evaluate.compute(task.metric, texts, list(references), **kwargs), texts
