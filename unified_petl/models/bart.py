@@ -86,9 +86,9 @@ class Layer(nn.Module):
         cfg = self.cfg
         heads = cfg.decoder_heads if self.cross else cfg.heads
         prefixes = prefixes or {}
-        attn = lambda name, decode=False: Attention(
+        attn = lambda name, decode=False, cross=False: Attention(
             heads, self.method, dropout=cfg.attention_dropout, decode=decode, dtype=self.dtype,
-            name=name)
+            cross=cross, name=name)
         self_site = "decoder" if self.cross else "encoder"
         h = self._sublayer(
             h, lambda x: attn("self_attn", self.decode)(x, None, self_bias,
@@ -96,8 +96,8 @@ class Layer(nn.Module):
             "self_attn_layer_norm", deterministic)
         if self.cross:
             h = self._sublayer(
-                h, lambda x: attn("encoder_attn")(x, enc, enc_bias, prefixes.get("cross"),
-                                                  deterministic),
+                h, lambda x: attn("encoder_attn", self.decode, cross=True)(
+                    x, enc, enc_bias, prefixes.get("cross"), deterministic),
                 "encoder_attn_layer_norm", deterministic)
         ffn = FeedForward(cfg, cfg.decoder_ffn_dim if self.cross else cfg.ffn_dim, self.method,
                           self.dtype, name="ffn")
@@ -161,7 +161,13 @@ class BartForConditionalGeneration(nn.Module):
 
     __call__(input_ids [B, S], attention_mask [B, S], decoder_input_ids [B, T],
     decoder_attention_mask [B, T] | None, deterministic) -> Seq2SeqOutput.
-    `encode` and `decode_step` split the same computation for generation.
+    `encode` and `decode_logits` split the same computation for generation.
+
+    decode=True (generation, see unified_petl.generate): the decoder keeps a preallocated
+    `cache` collection: self-attention K/V (written one step at a time, the length of the
+    first call's decoder_input_ids) and the cross-attention K/V (computed from `enc` on the
+    first call; later calls pass enc=None). Prefixes are not cached. Pass `positions` on every
+    call after the first (the default, arange(T), is right only for the first).
     """
 
     cfg: ArchConfig

@@ -102,7 +102,12 @@ class Attention(nn.Module):
       num_heads, method: the Δh method; site: which prefix set applies (encoder / decoder /
       cross); names: module names of the q, k, v, o projections (BART or BERT naming);
       dropout: attention-probability dropout; decode: self-attention with a KV cache
-      (`cache` collection, preallocated to the length of the first call's `max_length`).
+      (`cache` collection, preallocated to the length of the first call's `max_length`);
+      cross (decode only): encoder-decoder attention whose K/V are computed once, from the `kv`
+      of the first call, and then read from the cache (`cross_key`, `cross_value`) when
+      `kv` is None; `kv` (and the bias) may have B rows for B·K query rows (K beams per
+      example, rows b·K + j): the cache then holds each example once. Prefixes are never
+      cached: they are prepended at every call.
     __call__(x [B, T, d], kv [B, S, d] or None (self-attention), bias [B, 1|H, T, S] additive,
       prefix [2, l, d] or None, deterministic) -> attention output [B, T, d] (after W_o and the
       sequential attention adapter, before the sub-layer's dropout and residual).
@@ -114,6 +119,7 @@ class Attention(nn.Module):
     dropout: float = 0.0
     decode: bool = False
     dtype: jnp.dtype = jnp.float32
+    cross: bool = False
 
     def _dense(self, d, target, name):
         return Dense(d, self.method, lora_target=target, dtype=self.dtype, name=name)
@@ -122,14 +128,24 @@ class Attention(nn.Module):
     def __call__(self, x, kv=None, bias=None, prefix=None, deterministic=True):
         d = x.shape[-1]
         heads, d_head = self.num_heads, d // self.num_heads
-        is_self = kv is None
-        kv = x if is_self else kv
         split = lambda y: y.reshape(y.shape[:-1] + (heads, d_head))
         q = split(self._dense(d, "q", self.names[0])(x, deterministic))
-        k = split(self._dense(d, "k", self.names[1])(kv, deterministic))
-        v = split(self._dense(d, "v", self.names[2])(kv, deterministic))
-        if self.decode and is_self:
-            k, v, bias = self._extend_cache(k, v, bias)
+        qa = q  # the queries as attention sees them
+        if self.decode and self.cross:
+            k, v = self._cross_cache(kv, split, d, deterministic)
+            # The cache may hold one row per example for B·beams query rows (beam search):
+            # fold the beams into the query axis, [B·K, T] -> [B, K·T], rather than copy K/V.
+            beams = q.shape[0] // k.shape[0]
+            if beams * k.shape[0] != q.shape[0]:
+                raise ValueError(f"{q.shape[0]} query rows for {k.shape[0]} cached rows")
+            qa = q.reshape((k.shape[0], beams * q.shape[1]) + q.shape[2:])
+        else:
+            is_self = kv is None
+            kv = x if is_self else kv
+            k = split(self._dense(d, "k", self.names[1])(kv, deterministic))
+            v = split(self._dense(d, "v", self.names[2])(kv, deterministic))
+            if self.decode and is_self:
+                k, v, bias = self._extend_cache(k, v, bias)
         if bias is None:
             bias = jnp.zeros((1, 1, 1, 1), jnp.float32)
         scale = d_head ** -0.5
@@ -141,7 +157,7 @@ class Attention(nn.Module):
                                            or prefix_term.composition == "add")
         if explicit:  # the gated form term by term (no attention-probability dropout)
             p_k, p_v = split_heads(prefix.astype(q.dtype), heads)
-            out, lam = gated_prefix_attention(q, k, v, bias, p_k, p_v, scale=scale,
+            out, lam = gated_prefix_attention(qa, k, v, bias, p_k, p_v, scale=scale,
                                               gate=prefix_term.composition == "gated")
             self.sow("intermediates", "prefix_gate", lam)
         else:
@@ -151,7 +167,8 @@ class Attention(nn.Module):
                 k = jnp.concatenate([jnp.broadcast_to(p_k, (b,) + p_k.shape), k], axis=1)
                 v = jnp.concatenate([jnp.broadcast_to(p_v, (b,) + p_v.shape), v], axis=1)
                 bias = jnp.pad(bias, ((0, 0), (0, 0), (0, 0), (p_k.shape[0], 0)))
-            out = self._softmax_attention(q, k, v, bias, scale, dropout_rng)
+            out = self._softmax_attention(qa, k, v, bias, scale, dropout_rng)
+        out = out.reshape(q.shape)  # unfold beams (a no-op otherwise)
         for term in self.method.adapters("heads"):  # multi-head PA, before W_o
             out = out + MultiHeadAdapter(term, self.dtype, name="mh_adapter")(q, deterministic)
         out = out.reshape(out.shape[:2] + (d,))
@@ -169,6 +186,21 @@ class Attention(nn.Module):
             keep = jax.random.bernoulli(dropout_rng, 1.0 - self.dropout, probs.shape)
             probs = jnp.where(keep, probs / (1.0 - self.dropout), 0.0)
         return jnp.einsum("bhts,bshd->bthd", probs.astype(v.dtype), v)
+
+    def _cross_cache(self, kv, split, d, deterministic):
+        """Encoder-decoder K/V [B, S, H, d_h]: projected from `kv` and stored when it is given,
+        read from the cache when it is None (every decoding step after the first)."""
+        if kv is None:
+            if not self.has_variable("cache", "cross_key"):
+                raise ValueError("cross-attention in decode mode needs the encoder output on the "
+                                 "first call (it fills the cross K/V cache)")
+            return (self.get_variable("cache", "cross_key"),
+                    self.get_variable("cache", "cross_value"))
+        k = split(self._dense(d, "k", self.names[1])(kv, deterministic))
+        v = split(self._dense(d, "v", self.names[2])(kv, deterministic))
+        self.put_variable("cache", "cross_key", k)
+        self.put_variable("cache", "cross_value", v)
+        return k, v
 
     def _extend_cache(self, k, v, bias):
         """Write this step's K/V into the preallocated cache; attend to all filled slots."""
