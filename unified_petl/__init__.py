@@ -11,9 +11,10 @@ from unified_petl.delta.budget import count, count_for
 from unified_petl.delta.lora import merge_lora, unmerge_lora
 from unified_petl.delta.prefix import eject
 from unified_petl.delta.spec import Method, SpecError, Term, parse_method
+from unified_petl.generate import generate
 from unified_petl.models.loading import Base, CheckpointError, load_pretrained
 
 __all__ = ["build", "init_delta", "shape_tree", "load_pretrained", "Base", "CheckpointError",
            "Method", "Term", "SpecError", "parse_method", "count", "count_for", "merge_lora",
-           "unmerge_lora", "eject"]
+           "unmerge_lora", "eject", "generate"]
 __version__ = "0.1.0"
