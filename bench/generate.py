@@ -1,0 +1,137 @@
+"""Time beam search (unified_petl.generate) of a (m)BART model with a Δh method.
+
+    python bench/generate.py --arch bart-base --method "mam(l=16,r=16,s=2)" --batch 4 \
+        --seq 256 --beams 6 --max-length 60 --json
+
+Random-init weights from the shipped config (configs/models/<arch>/config.json); Δh is
+initialised as for training plus small noise, so zero-initialised leaves (LoRA's B, the
+adapters' W_up) look trained (the cost is the same either way). min_length is set
+to max_length by default, so every search runs the full max_length steps and the time does
+not depend on when a random model happens to emit EOS.
+
+Printed (one JSON object per method with --json): gen_s (median wall time of one generate
+call, compile excluded), tokens_per_s (B · generated tokens / gen_s), compile_s (first call
+minus a timed call), peak_rss_bytes, device_peak_bytes, recompiles (compilations during the
+timed calls: must be 0), load.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="bart-base", help="bart-base | bart-large | mbart-large-cc25")
+    p.add_argument("--method", action="append", default=None,
+                   help="a preset; repeat for several methods on one random base")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=256, help="source length S")
+    p.add_argument("--beams", type=int, default=6)
+    p.add_argument("--max-length", type=int, default=60)
+    p.add_argument("--min-length", type=int, default=None, help="default: = max-length")
+    p.add_argument("--no-repeat", type=int, default=3, help="no_repeat_ngram_size")
+    p.add_argument("--repeats", type=int, default=2, help="timed calls (median reported)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--json", action="store_true")
+    return p.parse_args(argv)
+
+
+def bench(args, method: str, base_cache: dict) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import unified_petl as up
+    from unified_petl.delta.budget import shipped_config
+
+    hf_config = shipped_config(args.arch)
+    if not hf_config.is_encoder_decoder:
+        raise SystemExit(f"{args.arch} is not a seq2seq model; beam search needs (m)BART")
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    model = up.build(hf_config, method, dtype=dtype)
+    rs = np.random.RandomState(0)
+    ids = rs.randint(4, hf_config.vocab_size, size=(args.batch, args.seq)).astype(np.int32)
+    ids[:, -1] = hf_config.eos_token_id
+    mask = np.ones_like(ids)
+    small = {"input_ids": ids[:1, :8], "attention_mask": mask[:1, :8],
+             "decoder_input_ids": ids[:1, :8]}
+    key = jax.random.key(0)
+    if "params" not in base_cache:
+        variables = jax.jit(lambda k: model.init({"params": k, "dropout": k}, **small))(key)
+        base_cache["params"] = variables["params"]
+        delta = variables.get("delta", {})
+    else:
+        delta = up.init_delta(model, key, small, params=base_cache["params"])
+    # A trained-looking Δh: small random values everywhere (zero-init leaves included).
+    leaves, treedef = jax.tree.flatten(delta)
+    keys = jax.random.split(jax.random.key(1), max(len(leaves), 1))
+    delta = jax.tree.unflatten(treedef, [x + 0.01 * jax.random.normal(k, x.shape, x.dtype)
+                                         for x, k in zip(leaves, keys)])
+    variables = {"params": base_cache["params"], "delta": delta}
+    min_length = args.max_length if args.min_length is None else args.min_length
+
+    def call():
+        return up.generate(model, variables, ids, mask, num_beams=args.beams,
+                           max_length=args.max_length, min_length=min_length,
+                           no_repeat_ngram_size=args.no_repeat, config=hf_config)
+
+    t0 = time.perf_counter()
+    out = call()
+    first = time.perf_counter() - t0
+    compiles = []
+    listener = (lambda name, secs, **kw: compiles.append(name)
+                if name.endswith("backend_compile_duration") else None)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        out = call()
+        times.append(time.perf_counter() - t0)
+    try:
+        jax.monitoring._unregister_event_duration_listener_by_callback(listener)
+    except Exception:
+        pass
+    gen_s = statistics.median(times)
+    generated = int(out.shape[1]) - 1
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+    except Exception:
+        stats = {}
+    return {
+        "impl": "jax", "arch": args.arch, "method": method, "batch": args.batch,
+        "seq": args.seq, "beams": args.beams, "max_length": args.max_length,
+        "min_length": min_length, "no_repeat_ngram_size": args.no_repeat, "dtype": args.dtype,
+        "backend": jax.default_backend(), "generated_tokens": generated,
+        "gen_s": gen_s, "gen_s_all": times, "tokens_per_s": args.batch * generated / gen_s,
+        "compile_s": max(first - gen_s, 0.0),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "device_peak_bytes": stats.get("peak_bytes_in_use"),
+        "recompiles": len(compiles), "load": list(os.getloadavg()),
+    }
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    base_cache: dict = {}
+    for method in args.method or ["mam(l=16,r=16,s=2)"]:
+        result = bench(args, method, base_cache)
+        if args.json:
+            print(json.dumps(result), flush=True)
+        else:
+            for k, v in result.items():
+                print(f"{k:>18}: {v}")
+            print(flush=True)
+
+
+if __name__ == "__main__":
+    main()

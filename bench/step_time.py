@@ -1,0 +1,338 @@
+"""Time one training step of a Δh method (or full fine-tuning) at the paper's shapes.
+
+    python bench/step_time.py --arch roberta-base --method "lora(r=16)" --batch 8 --seq 128 --json
+    python bench/step_time.py --arch bart-base --method "mam(l=16,r=16,s=2)" --batch 4 \
+        --seq 256 --tgt 64 --json
+    python bench/step_time.py --arch roberta-base --method "lora(r=16)" --peft --json  # HF PEFT
+
+The model is randomly initialised from the shipped config (configs/models/<arch>/config.json),
+so no weights are needed; speed does not depend on the values. The step is the project's own
+(unified_petl.train.step.make_train_step: jitted, state donated, gradient w.r.t. the trainable
+tree only) with AdamW + clipping from unified_petl.train.optim, dropout on (training mode).
+
+Printed (one JSON object with --json):
+  step_s        median wall time of the timed steps (compile excluded)
+  step_s_all    every timed step
+  tokens_per_s  B·(L [+ T]) / step_s
+  compile_s     lowering + XLA compilation of the step
+  flops         XLA's cost analysis of the compiled step (the frozen-weight gradient matmuls
+                of a PETL step are absent: compare with `full`)
+  peak_rss_bytes host peak resident memory of the process (ru_maxrss; includes the init)
+  device_peak_bytes device memory stats when the backend has them (GPU/TPU), else null
+  temp_bytes    XLA's temporary buffer size of the compiled step (memory_analysis)
+  trained_params, trained_bytes, opt_state_bytes, opt_state_ratio (= opt / trained bytes;
+                AdamW keeps 2 moments so ~2.0)
+  recompiles    number of extra compilations during the timed steps (must be 0)
+  load          os.getloadavg() when the run started (the machine is shared)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="roberta-base",
+                   help="a config folder name in configs/models (roberta-base, bart-base, ...)")
+    p.add_argument("--method", action="append", default=None,
+                   help="a preset string, or 'full'; repeat to time several methods on one "
+                        "random base in one process (one JSON line each)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=128, help="(source) length L")
+    p.add_argument("--tgt", type=int, default=64, help="target length T (seq2seq only)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--prng", default=None, choices=("threefry2x32", "rbg", "unsafe_rbg"),
+                   help="jax_default_prng_impl (default: JAX's, threefry2x32)")
+    p.add_argument("--no-dropout", action="store_true", help="set every dropout to 0")
+    p.add_argument("--peft", action="store_true",
+                   help="time HF PEFT in PyTorch instead (LoRA/bitfit/prefix/full; needs peft)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads for --peft (0: default)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p.parse_args(argv)
+
+
+def _tree_bytes(tree) -> tuple[int, int]:
+    import jax
+
+    leaves = jax.tree.leaves(tree)
+    return (sum(int(x.size) for x in leaves), sum(int(x.size) * x.dtype.itemsize for x in leaves))
+
+
+def _device_peak():
+    import jax
+
+    try:
+        stats = jax.devices()[0].memory_stats()
+    except Exception:  # CPU backends may not implement it
+        stats = None
+    if not stats:
+        return None
+    return int(stats.get("peak_bytes_in_use", stats.get("bytes_in_use", 0)))
+
+
+def random_batch(cfg, batch: int, seq: int, tgt: int, seed: int = 0) -> dict:
+    """Token ids drawn uniformly from the vocabulary (no pads), full masks, weight 1."""
+    import numpy as np
+
+    rs = np.random.RandomState(seed)
+    vocab = cfg.vocab_size
+    ids = lambda n: rs.randint(4, vocab, size=(batch, n)).astype(np.int32)
+    out = {"input_ids": ids(seq), "attention_mask": np.ones((batch, seq), np.int32),
+           "weight": np.ones((batch,), np.float32)}
+    if cfg.seq2seq:
+        out["decoder_input_ids"] = ids(tgt)
+        out["decoder_attention_mask"] = np.ones((batch, tgt), np.int32)
+        out["labels"] = ids(tgt)
+    else:
+        out["labels"] = rs.randint(0, 2, size=(batch,)).astype(np.int32)
+    return out
+
+
+def _config(args):
+    from unified_petl.delta.budget import shipped_config
+
+    hf_config = shipped_config(args.arch)
+    if args.no_dropout:
+        for key in ("dropout", "attention_dropout", "activation_dropout", "hidden_dropout_prob",
+                    "attention_probs_dropout_prob"):
+            if hasattr(hf_config, key):
+                setattr(hf_config, key, 0.0)
+    return hf_config
+
+
+def bench_jax(args, method: str, base_cache: dict) -> dict:
+    """Time `method`; base_cache holds the random frozen weights shared by the methods."""
+    import jax
+
+    import jax.numpy as jnp
+
+    import unified_petl as up
+    from unified_petl.train.optim import make_optimizer
+    from unified_petl.train.step import (global_batch, init_state, make_mesh, make_train_step,
+                                         replicate, split_trainable)
+
+    hf_config = _config(args)
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    seq2seq = hf_config.is_encoder_decoder
+    model = up.build(hf_config, method, num_labels=None if seq2seq else 2,
+                     pretrained_head=False if not seq2seq else None, dtype=dtype)
+    cfg = model.cfg
+    local = random_batch(cfg, args.batch, args.seq, args.tgt)
+    init_batch = {k: v[:1, :8] for k, v in local.items()
+                  if k in ("input_ids", "attention_mask", "decoder_input_ids")}
+
+    t0 = time.perf_counter()
+    key = jax.random.key(0)
+    if "params" not in base_cache:  # the random base: the same tree for every method
+        variables = jax.jit(lambda k: model.init({"params": k, "dropout": k},
+                                                 **init_batch))(key)
+        base_cache["params"] = variables["params"]
+        delta = variables.get("delta", {})
+        del variables
+    else:
+        delta = up.init_delta(model, key, init_batch, params=base_cache["params"])
+    params = base_cache["params"]
+    init_s = time.perf_counter() - t0
+
+    full = bool(model.method.full)
+    trainable, frozen = split_trainable(full, params, delta)
+    optimizer, schedule = make_optimizer({"lr": 1e-4, "weight_decay": 0.01}, 1000)
+    mesh = make_mesh(1)
+    state = init_state(trainable, optimizer, 0, mesh)  # copies: the base stays intact
+    frozen = replicate(frozen, mesh)
+    del params, delta, trainable
+    batch = global_batch(local, mesh)
+    step = make_train_step(model, optimizer, mesh, schedule=schedule)
+
+    t0 = time.perf_counter()
+    compiled = step.lower(state, frozen, batch).compile()
+    compile_s = time.perf_counter() - t0
+    flops = None
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops = float(cost.get("flops", 0.0)) or None
+    except Exception:
+        pass
+    temp_bytes = None
+    try:
+        temp_bytes = int(compiled.memory_analysis().temp_size_in_bytes)
+    except Exception:
+        pass
+
+    # Calls go through the jitted function (lower().compile() filled its cache); every
+    # backend compilation after this point is a recompile, counted by a monitoring listener.
+    compiles = []
+    listener = (lambda name, secs, **kw: compiles.append(name)
+                if name.endswith("backend_compile_duration") else None)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+
+    def run_one(state):
+        state, metrics = step(state, frozen, batch)
+        jax.block_until_ready((state, metrics))
+        return state, metrics
+
+    times = []
+    for i in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        state, metrics = run_one(state)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    recompiles = len(compiles)
+    try:
+        jax.monitoring._unregister_event_duration_listener_by_callback(listener)
+    except Exception:
+        pass
+
+    trained_params, trained_bytes = _tree_bytes(state.trainable)
+    _, opt_bytes = _tree_bytes(state.opt_state)
+    # Adam's step counters are scalars; the moments are the rest.
+    moment_bytes = sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(state.opt_state)
+                       if x.ndim > 0)
+    frozen_params, _ = _tree_bytes(frozen)
+    step_s = statistics.median(times)
+    tokens = args.batch * (args.seq + (args.tgt if seq2seq else 0))
+    result = {
+        "impl": "jax", "arch": args.arch, "method": method, "batch": args.batch,
+        "seq": args.seq, "tgt": args.tgt if seq2seq else None, "dtype": args.dtype,
+        "prng": str(jax.config.jax_default_prng_impl), "dropout": not args.no_dropout,
+        "backend": jax.default_backend(), "devices": jax.device_count(),
+        "step_s": step_s, "step_s_all": times, "tokens_per_s": tokens / step_s,
+        "compile_s": compile_s, "init_s": init_s, "flops": flops,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "device_peak_bytes": _device_peak(), "temp_bytes": temp_bytes,
+        "trained_params": trained_params, "frozen_params": frozen_params,
+        "trained_bytes": trained_bytes, "opt_state_bytes": opt_bytes,
+        "opt_moment_bytes": moment_bytes,
+        "opt_state_ratio": opt_bytes / max(trained_bytes, 1),
+        "recompiles": recompiles, "loss": float(metrics["loss"]),
+        "load": list(os.getloadavg()),
+    }
+    del state, frozen, compiled
+    return result
+
+
+# --------------------------------------------------------------------------- HF PEFT (PyTorch)
+def _peft_config(method: str, seq2seq: bool):
+    """The PEFT config closest to our preset (LoRA on q/v with alpha = 2r; prefix tuning)."""
+    import re
+
+    import peft
+
+    task = peft.TaskType.SEQ_2_SEQ_LM if seq2seq else peft.TaskType.SEQ_CLS
+    m = re.fullmatch(r"\s*(\w+)\s*(?:\((.*)\))?\s*", method)
+    name, kw = m.group(1), dict(
+        (k.strip(), v.strip()) for k, v in (a.split("=") for a in (m.group(2) or "").split(",")
+                                            if "=" in a))
+    if name == "lora":
+        r = int(kw.get("r", 16))
+        at = kw.get("at", "attn")
+        if at == "ffn":
+            targets = ["fc1", "fc2"] if seq2seq else ["intermediate.dense", "output.dense"]
+        else:
+            targets = ["q_proj", "v_proj"] if seq2seq else ["query", "value"]
+        return peft.LoraConfig(task_type=task, r=r, lora_alpha=float(kw.get("alpha", 2 * r)),
+                               lora_dropout=0.0, target_modules=targets)
+    if name == "prefix":
+        return peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=int(kw.get("l", 16)),
+                                       prefix_projection=True, encoder_hidden_size=800)
+    if name in ("full", "bitfit"):
+        return name
+    raise SystemExit(f"--peft supports lora, prefix, bitfit and full, not {method!r}")
+
+
+def bench_peft(args, method: str) -> dict:
+    import torch
+    import transformers
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hf_config = _config(args)
+    seq2seq = hf_config.is_encoder_decoder
+    torch.manual_seed(0)
+    if seq2seq:
+        model = transformers.AutoModelForSeq2SeqLM.from_config(hf_config)
+    else:
+        hf_config.num_labels = 2
+        model = transformers.AutoModelForSequenceClassification.from_config(hf_config)
+    pc = _peft_config(method, seq2seq)
+    if pc == "bitfit":
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.endswith("bias") or "classifier" in n)
+    elif pc != "full":
+        import peft
+
+        model = peft.get_peft_model(model, pc)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    b = random_batch(type("C", (), {"vocab_size": hf_config.vocab_size, "seq2seq": seq2seq}),
+                     args.batch, args.seq, args.tgt)
+    t = {k: torch.from_numpy(v).long() for k, v in b.items() if k != "weight"}
+    if not seq2seq:
+        t.pop("decoder_input_ids", None)
+
+    def one():
+        out = model(**{k: t[k] for k in t})
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(out.loss)
+
+    for _ in range(max(args.warmup, 1)):
+        one()
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        loss = one()
+        times.append(time.perf_counter() - t0)
+    trained = sum(p.numel() for p in params)
+    opt_bytes = sum(v.numel() * v.element_size() for s in opt.state.values()
+                    for v in s.values() if torch.is_tensor(v))
+    step_s = statistics.median(times)
+    tokens = args.batch * (args.seq + (args.tgt if seq2seq else 0))
+    return {
+        "impl": "torch+peft", "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "arch": args.arch, "method": method, "batch": args.batch, "seq": args.seq,
+        "tgt": args.tgt if seq2seq else None, "step_s": step_s, "step_s_all": times,
+        "tokens_per_s": tokens / step_s, "compile_s": 0.0,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "trained_params": trained, "trained_bytes": 4 * trained, "opt_state_bytes": opt_bytes,
+        "opt_state_ratio": opt_bytes / max(4 * trained, 1), "loss": loss,
+        "load": list(os.getloadavg()),
+    }
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    methods = args.method or ["lora(r=16)"]
+    if args.prng and not args.peft:
+        import jax
+
+        jax.config.update("jax_default_prng_impl", args.prng)
+    base_cache: dict = {}
+    for method in methods:
+        result = bench_peft(args, method) if args.peft else bench_jax(args, method, base_cache)
+        if args.json:
+            print(json.dumps(result), flush=True)
+        else:
+            for k, v in result.items():
+                print(f"{k:>18}: {v}")
+            print(flush=True)
+
+
+if __name__ == "__main__":
+    main()
