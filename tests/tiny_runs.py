@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy as np
 
@@ -30,11 +29,37 @@ def save_tokenizer(folder: str) -> None:
         unk_token="<unk>").save_pretrained(folder)
 
 
-def model_folder(tiny_checkpoint, tmp_path_factory, kind: str) -> str:
-    """tiny_checkpoint(kind) copied next to a tokenizer (a fresh folder per call)."""
-    folder = str(tmp_path_factory.mktemp(f"{kind}_tok"))
-    shutil.copytree(tiny_checkpoint(kind), folder, dirs_exist_ok=True)
+def model_folder(tmp_path_factory, kind: str) -> str:
+    """A ONE-layer tiny model of `kind` (roberta | bart) with a tokenizer, saved in a new
+    folder. One layer instead of conftest's two halves the XLA compile time of every step."""
+    import torch
+    import transformers as tf
+
+    from conftest import TINY, TINY_ENCODER
+
+    torch.manual_seed(0)
+    if kind == "bart":
+        config = tf.BartConfig(**{**TINY, "encoder_layers": 1, "decoder_layers": 1})
+        model = tf.BartForConditionalGeneration(config)
+    else:
+        config = tf.RobertaConfig(**{**TINY_ENCODER, "num_hidden_layers": 1}, pad_token_id=1)
+        config.max_position_embeddings = 66
+        model = tf.RobertaModel(config)
+    folder = str(tmp_path_factory.mktemp(f"{kind}_1layer"))
+    model.save_pretrained(folder)
     save_tokenizer(folder)
+    return folder
+
+
+def enable_compile_cache(tmp_path_factory) -> str:
+    """Persist XLA executables for this test process (and the CLI subprocesses given
+    JAX_COMPILATION_CACHE_DIR): the resumed and the uninterrupted run compile the same
+    programs, and the second compile becomes a disk read."""
+    import jax
+
+    folder = str(tmp_path_factory.getbasetemp() / "jax_cache")
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     return folder
 
 

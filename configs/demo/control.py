@@ -1,0 +1,12 @@
+"""Control: MAM on a RANDOMLY INITIALISED encoder with MiniLM's architecture, demo task.
+
+Same settings as mam.py; without pretrained knowledge the held-out words cannot be labelled,
+so accuracy stays near chance.
+
+    unified-petl train --config configs/demo/control.py --workdir /tmp/unified_petl_demo/control
+"""
+from unified_petl.demo import demo_config
+
+
+def get_config():
+    return demo_config("mam(l=16, r=16, s=2, mlp=False)", lr=2e-3, random_init=True)

@@ -1,0 +1,138 @@
+"""The command line: one-line errors with exit code 2, SIGTERM saves and exits, eval, count."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from unified_petl import cli
+from unified_petl.train import Checkpointer, train
+from unified_petl.train.config import ConfigError, base_config, override
+from unified_petl.train.writer import read_metrics
+
+import tiny_runs
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    cache = tiny_runs.enable_compile_cache(tmp_path_factory)
+    folder = tiny_runs.model_folder(tmp_path_factory, "roberta")
+    data = str(tmp_path_factory.mktemp("data"))
+    train_file, eval_file = tiny_runs.write_data(data, "sst2")
+    config = tiny_runs.write_config_file(os.path.join(data, "tiny.py"), folder, train_file,
+                                         eval_file, steps=100000)
+    return {"folder": folder, "train": train_file, "eval": eval_file, "config": config,
+            "cache": cache, "data": data}
+
+
+def _error_line(capsys, argv):
+    """Run the CLI in-process; return its stderr, asserting exit code 2 and ONE line."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("unified-petl: error: "), err
+    return err
+
+
+@pytest.mark.parametrize("override_arg,expected", [
+    ("--config.nope=1", "unknown config key --config.nope"),
+    ("--config.optim.nope=1", "config.optim has no key 'nope'"),
+    ("--config.optim.lr=fast", "bad value 'fast' for --config.optim.lr: expected a number"),
+    ("--config.batch_size=1.5", "expected an integer"),
+    ("--config.progress=maybe", "expected true or false"),
+    ("--config.optim=1", "is a group"),
+    ("--config.batch_size=0", "batch_size=0 must be >= 1"),
+    ("--config.method=lora(r=", "cannot parse method"),
+])
+def test_bad_override_is_one_line(setup, capsys, tmp_path, override_arg, expected):
+    err = _error_line(capsys, ["train", "--config", setup["config"], "--workdir",
+                               str(tmp_path), override_arg])
+    assert expected in err
+
+
+def test_bad_data_or_config_file_is_one_line(setup, capsys, tmp_path):
+    bad = os.path.join(setup["data"], "broken.json")
+    with open(bad, "w") as f:
+        f.write('{"sentence": "w5 w6", "label": 1}\n{"sentence": oops}\n')
+    err = _error_line(capsys, ["train", "--config", setup["config"], "--workdir",
+                               str(tmp_path), f"--config.data.train_files={bad}"])
+    assert "broken.json" in err
+    err = _error_line(capsys, ["train", "--config", setup["config"], "--workdir",
+                               str(tmp_path), "--config.data.train_files=/nowhere/x.json"])
+    assert "/nowhere/x.json" in err and "not found" in err
+    assert "not found" in _error_line(capsys, ["train", "--config", "nope.py", "--workdir", "w"])
+    assert "--workdir" in _error_line(capsys, ["train", "--config", setup["config"]])
+
+
+def test_override_parses_to_the_existing_type():
+    c = override(base_config(), ["optim.lr=3e-4", "progress=false", "data.buckets=(8,16)",
+                                 "method=mam(l=16, r=16)", "total_steps=12"])
+    assert c.optim.lr == 3e-4 and c.progress is False and tuple(c.data.buckets) == (8, 16)
+    assert c.method == "mam(l=16, r=16)" and c.total_steps == 12
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        override(base_config(), ["optim.lr"])
+
+
+def test_sigterm_saves_and_exits_cleanly_then_resumes(setup, tmp_path):
+    workdir = str(tmp_path / "run")
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=setup["cache"],
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+    proc = subprocess.Popen([sys.executable, "-m", "unified_petl.cli", "train", "--config",
+                             setup["config"], "--workdir", workdir,
+                             "--config.checkpoint_every=1000"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while len(read_metrics(workdir)) < 3:  # training is under way
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.time() < deadline, "training did not start"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "SIGTERM: saved checkpoint" in err
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    saved = ckpt.latest_step()
+    ckpt.close()
+    assert saved is not None and saved < 1000  # saved at the signal, not on schedule
+    assert max(r["step"] for r in read_metrics(workdir)) == saved
+
+    # the checkpoint resumes: the next run starts at saved + 1
+    from unified_petl.train.config import load_config
+
+    seen = []
+
+    def stop(step, state):
+        seen.append(step)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(override(load_config(setup["config"]), ["checkpoint_every=1000"]), workdir,
+              hooks=[stop])
+    assert seen == [saved + 1]
+
+    # eval of the workdir's latest checkpoint
+    with pytest.raises(SystemExit) as e:
+        cli.main(["eval", "--config", setup["config"], "--workdir", workdir, "--config.x=1"])
+    assert e.value.code == 2
+    cli.main(["eval", "--config", setup["config"], "--workdir", workdir])
+    results = json.load(open(os.path.join(workdir, "eval_results.json")))
+    assert results["step"] == saved and 0 <= results["eval"]["accuracy"] <= 100
+
+
+def test_count(setup, capsys):
+    cli.main(["count", "--base", setup["folder"], "--method", "lora(r=4)", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["trained"] > 0 and result["method"] == "lora(r=4)"
+    cli.main(["count", "--base", setup["folder"], "--method", "mam(l=2, r=4)"])
+    out = capsys.readouterr().out
+    assert "prefix@heads" in out and "adapter@ffn" in out
+    assert "unknown method" in _error_line(capsys, ["count", "--base", setup["folder"],
+                                                    "--method", "nope(r=1)"])

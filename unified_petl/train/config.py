@@ -1,0 +1,217 @@
+"""Training configs: ml_collections ConfigDicts from Python files, command-line overrides.
+
+A config file defines `get_config()` (optionally `get_config(arg)`, selected with
+`--config path.py:arg`) and usually starts from `base_config()`, which holds every key the
+trainer reads with its default. Top-level keys every training config has:
+
+  base            folder or hub id of the pretrained model (load_pretrained)
+  random_init     re-initialise the base weights (same architecture): the control run
+  method          Δh preset, e.g. 'mam(l=16, r=16, s=2)' (unified_petl.parse_method)
+  task            task name (unified_petl.data.TASKS: xsum, wmt16_en_ro, mnli, sst2, demo)
+  seed            data order, Δh init, dropout
+  batch_size      global batch: rows per optimiser step, across all devices and hosts
+  grad_accum      microbatches per step (batch_size / grad_accum rows each)
+  total_steps     optimiser steps
+  log_every, eval_every, checkpoint_every, keep_checkpoints
+  label_smoothing ε of (1-ε)·NLL + ε·mean_vocab(-log p)
+  dtype           compute dtype: float32 | bfloat16 (Δh and optimiser state stay fp32)
+  optim           lr, warmup_steps | warmup_ratio, end_lr, b1, b2, eps, weight_decay,
+                  max_grad_norm (unified_petl.train.optim)
+  data            train_files / eval_files (local .json/.jsonl/.csv/.parquet; '' = the hub or
+                  the generated demo), eval_split, max_source_len / max_target_len (0 = the
+                  task's), max_train_examples / max_eval_examples (0 = all), eval_batch_size,
+                  buckets (source length buckets, () = powers of two)
+  model           num_labels (0 = the task's), pretrained_head
+  distributed     call jax.distributed.initialize() (multi-host)
+  num_devices     use the first n devices (0 = all)
+  progress        show a tqdm progress bar
+  save_delta      write WORKDIR/delta.safetensors at the end (save_delta format)
+
+Overrides: `--config.optim.lr=1e-4`; the value is parsed to the type of the existing key
+(bool: true/false/1/0; tuples and lists as Python literals). An unknown key or a value of
+the wrong type is a ConfigError with one line saying what to write instead.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+from typing import Any, Sequence
+
+import ml_collections
+
+REQUIRED = ("base", "method", "task", "seed", "batch_size", "total_steps", "log_every",
+            "eval_every", "checkpoint_every", "optim")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says how to fix it."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key the trainer reads, with its default."""
+    c = ml_collections.ConfigDict()
+    c.base = ""
+    c.random_init = False
+    c.method = "lora(r=8)"
+    c.task = ""
+    c.seed = 0
+    c.batch_size = 32
+    c.grad_accum = 1
+    c.total_steps = 1000
+    c.log_every = 50
+    c.eval_every = 0  # 0: only at the end
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 2
+    c.label_smoothing = 0.0
+    c.dtype = "float32"
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=1e-4, warmup_steps=0, warmup_ratio=0.0, end_lr=0.0, b1=0.9, b2=0.999, eps=1e-8,
+        weight_decay=0.0, max_grad_norm=1.0))
+    c.data = ml_collections.ConfigDict(dict(
+        train_files="", eval_files="", eval_split="validation", max_source_len=0,
+        max_target_len=0, max_train_examples=0, max_eval_examples=0, eval_batch_size=0,
+        buckets=()))
+    c.model = ml_collections.ConfigDict(dict(num_labels=0, pretrained_head=False))
+    c.distributed = False
+    c.num_devices = 0
+    c.progress = True
+    c.save_delta = True
+    return c
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """'configs/demo/mam.py' or 'configs/x.py:arg' -> the ConfigDict of its get_config()."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} not found; pass --config path/to/config.py")
+    module_spec = importlib.util.spec_from_file_location(
+        "_config_" + os.path.basename(path).replace(".", "_"), path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:  # a broken config file: say where, in one line
+        raise ConfigError(f"cannot execute config {path}: {type(e).__name__}: {e}") from None
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config {path} has no get_config() function; define one that "
+                          "returns an ml_collections.ConfigDict")
+    config = module.get_config(arg) if arg else module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"get_config() of {path} returned {type(config).__name__}, not an "
+                          "ml_collections.ConfigDict")
+    return config
+
+
+def _parse_value(text: str, current: Any, name: str) -> Any:
+    def bad(expected):
+        return ConfigError(f"bad value {text!r} for --config.{name}: expected {expected}")
+
+    if isinstance(current, bool):
+        low = text.strip().lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise bad("true or false")
+    if isinstance(current, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise bad("an integer") from None
+    if isinstance(current, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise bad("a number") from None
+    if isinstance(current, str):
+        return text
+    if isinstance(current, (tuple, list)):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise bad("a Python tuple, e.g. (16,32)") from None
+        if not isinstance(value, (tuple, list)):
+            value = (value,)
+        return type(current)(value)
+    try:  # None or anything else: a Python literal, else the string itself
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def override(config: ml_collections.ConfigDict, assignments: Sequence[str]
+             ) -> ml_collections.ConfigDict:
+    """Apply 'a.b=v' assignments (the text after --config.) to `config`, in place."""
+    for item in assignments:
+        if "=" not in item:
+            raise ConfigError(f"malformed override --config.{item}: write --config.KEY=VALUE")
+        name, text = item.split("=", 1)
+        keys = name.split(".")
+        node = config
+        for depth, key in enumerate(keys):
+            if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+                where = "config." + ".".join(keys[:depth]) if depth else "the config"
+                known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+                raise ConfigError(f"unknown config key --config.{name}: {where} has no key "
+                                  f"{key!r} (known: {', '.join(known)})")
+            if depth < len(keys) - 1:
+                node = node[key]
+        key = keys[-1]
+        if isinstance(node[key], ml_collections.ConfigDict):
+            raise ConfigError(f"--config.{name} is a group; set one of its keys, e.g. "
+                              f"--config.{name}.{sorted(node[key].keys())[0]}=...")
+        value = _parse_value(text, node[key], name)
+        try:
+            node[key] = value
+        except TypeError as e:
+            raise ConfigError(f"bad value {text!r} for --config.{name}: {e}") from None
+    return config
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """One clear line for the first setting that cannot work."""
+    missing = [k for k in REQUIRED if k not in config]
+    if missing:
+        raise ConfigError(f"config lacks key(s) {missing}; start from "
+                          "unified_petl.train.config.base_config()")
+    defaults = base_config()
+    for group in ("optim", "data", "model"):
+        if group in config:
+            unknown = sorted(set(config[group].keys()) - set(defaults[group].keys()))
+            if unknown:
+                raise ConfigError(f"unknown key(s) {unknown} in config.{group}; known: "
+                                  f"{sorted(defaults[group].keys())}")
+    if not config.base:
+        raise ConfigError("config.base is empty; set it to a model folder or hub id")
+    if not config.task:
+        raise ConfigError("config.task is empty; set it to a task name (see unified_petl.data)")
+    for key in ("batch_size", "total_steps", "log_every"):
+        if int(config[key]) < 1:
+            raise ConfigError(f"config.{key}={config[key]} must be >= 1")
+    for key in ("eval_every", "checkpoint_every"):
+        if int(config[key]) < 0:
+            raise ConfigError(f"config.{key}={config[key]} must be >= 0 (0: only at the end)")
+    accum = int(config.get("grad_accum", 1))
+    if accum < 1 or config.batch_size % accum:
+        raise ConfigError(f"grad_accum={accum} must be >= 1 and divide "
+                          f"batch_size={config.batch_size}")
+    if config.get("dtype", "float32") not in ("float32", "bfloat16"):
+        raise ConfigError(f"dtype={config.dtype!r}: use float32 or bfloat16")
+    if not 0.0 <= float(config.get("label_smoothing", 0.0)) < 1.0:
+        raise ConfigError(f"label_smoothing={config.label_smoothing} must be in [0, 1)")
+
+
+def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` with every key of base_config() it lacks filled in (a copy)."""
+    out = base_config()
+
+    def merge(dst, src):
+        for key in src.keys():
+            if isinstance(src[key], ml_collections.ConfigDict) and key in dst and \
+                    isinstance(dst[key], ml_collections.ConfigDict):
+                merge(dst[key], src[key])
+            else:
+                with dst.ignore_type():
+                    dst[key] = src[key]
+    merge(out, config)
+    return out

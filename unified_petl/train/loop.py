@@ -1,0 +1,284 @@
+"""The trainer: one linear function in sections, like big_vision's train.py.
+
+    results = train(config, workdir)      # config: see unified_petl.train.config
+    results = evaluate(config, workdir)   # the latest checkpoint of a run, on the eval split
+
+WORKDIR after a run: checkpoints/ (orbax, the last keep_checkpoints), metrics.jsonl,
+results.json (final eval metrics), config.json, delta.safetensors (save_delta format), and
+tensorboard/ when tensorboard is installed. Running `train` again on the same workdir
+resumes from the latest checkpoint and reproduces the uninterrupted run exactly (same
+batches, same dropout keys, same updates).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+import jax
+import numpy as np
+
+from unified_petl.train import optim as optim_lib
+from unified_petl.train.checkpoint import (Checkpointer, CheckpointMismatch, check_fingerprint,
+                                           save_delta)
+from unified_petl.train.config import check_config, with_defaults
+from unified_petl.train.setup import build_run, decoder_start, encode_split
+from unified_petl.train.step import (gather, global_batch, init_state, make_eval_step,
+                                     make_mesh, make_train_step, replicate, split_trainable)
+from unified_petl.train.writer import MetricWriter, Preemption
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or gradient) became NaN/inf; the last good checkpoint was kept."""
+
+
+def _setup_devices(config):
+    if config.distributed:
+        jax.distributed.initialize()
+    mesh = make_mesh(int(config.num_devices) or None)
+    rows = config.batch_size // config.grad_accum
+    if rows % mesh.size:
+        raise ValueError(f"batch_size={config.batch_size} with grad_accum={config.grad_accum} "
+                         f"gives microbatches of {rows} rows, which do not split over "
+                         f"{mesh.size} devices; use a batch_size divisible by "
+                         f"{mesh.size * config.grad_accum}")
+    return mesh
+
+
+def _eval_batch_size(config, mesh) -> int:
+    size = int(config.data.eval_batch_size) or int(config.batch_size // config.grad_accum)
+    return max(mesh.size, size // mesh.size * mesh.size)
+
+
+def train(config, workdir: str, *, base=None,
+          hooks: Sequence[Callable[[int, object], None]] = ()) -> dict:
+    """Train config's Δh in `workdir` (resuming from its latest checkpoint); returns results.
+
+    base: an already loaded Base to reuse (the demo trains several methods on one base).
+    hooks: called as hook(step, state) after every step (tests use one to simulate a crash).
+    """
+    # ---------------------------------------------------------------- 1. config, devices
+    config = with_defaults(config)
+    check_config(config)
+    mesh = _setup_devices(config)
+    process0 = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    if process0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=2))
+
+    # ---------------------------------------------------------------- 2. base, model, data
+    wall_start = time.time()
+    run = build_run(config, base)
+    model, full = run.model, run.full
+    train_data = encode_split(run, config, "train")
+    eval_data = encode_split(run, config, config.data.eval_split)
+
+    # ---------------------------------------------------------------- 3. Δh, optimiser
+    optimizer, schedule = optim_lib.make_optimizer(config.optim, config.total_steps)
+    from unified_petl.build import init_delta
+
+    delta = init_delta(model, jax.random.key(config.seed), params=run.params)
+    trainable, frozen = split_trainable(full, run.params, delta)
+    state = init_state(trainable, optimizer, config.seed, mesh)
+    frozen = replicate(frozen, mesh)
+    trained = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.trainable))
+    base_size = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.params))
+
+    # ---------------------------------------------------------------- 4. resume
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    writer = MetricWriter(workdir, enabled=process0)
+    method_spec = json.loads(json.dumps(model.method.to_dict()))
+    position = {"epoch": 0, "position": 0}
+    if ckpt.latest_step() is not None:
+        meta = ckpt.read_meta()
+        check_fingerprint(meta["fingerprint"], run.base, f"the checkpoint in {workdir}")
+        if meta["method"] != method_spec:
+            raise CheckpointMismatch(
+                f"{workdir} holds a run of method {meta['method']['name']!r}, not "
+                f"{model.method.name!r}; use a new workdir or the same method")
+        state, meta = ckpt.restore(state)
+        position = meta["data"]
+        writer.truncate_after(int(meta["step"]))
+    start = int(state.step)
+
+    from unified_petl.data import batches
+
+    stream = batches(train_data, batch_size=config.batch_size, seed=config.seed,
+                     epoch_start=position["epoch"], position=position["position"],
+                     decoder_start_token_id=decoder_start(run),
+                     buckets=tuple(config.data.buckets) or None,
+                     process_index=jax.process_index(), process_count=jax.process_count())
+    train_step = make_train_step(model, optimizer, mesh, schedule=schedule,
+                                 grad_accum=config.grad_accum,
+                                 label_smoothing=config.label_smoothing)
+    eval_step = make_eval_step(model, mesh)
+
+    def run_eval():
+        return _evaluate(eval_step, state.trainable, frozen, eval_data, run, config, mesh)
+
+    def save(step):
+        ckpt.save(step, state, {"method": method_spec, "fingerprint": run.base.fingerprint,
+                                "data": stream.state(), "step": step,
+                                "config": config.to_json()})
+
+    # ---------------------------------------------------------------- 5. the loop
+    preemption = Preemption()
+    pending, since_log = [], []  # device metrics not yet checked; checked losses to average
+    last_saved = ckpt.latest_step()
+    log_clock, log_step = time.time(), start
+    results, eval_metrics = {}, {}
+    bar = _progress(config, start, process0)
+
+    def check_pending():
+        """Fetch the metrics of the steps run since the last check; stop on NaN/inf."""
+        fetched = jax.device_get([m for _, m in pending])
+        for (step, _), m in zip(pending, fetched):
+            if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])
+                    and m["finite"]):
+                ckpt.wait()
+                kept = (f"the last good checkpoint (step {last_saved}) in "
+                        f"{ckpt.directory} is intact" if last_saved is not None
+                        else "no checkpoint had been saved")
+                broken = "" if m["finite"] else ", updated Δh not finite"
+                raise TrainingDiverged(
+                    f"training diverged at step {step}: loss {m['loss']}, grad norm "
+                    f"{m['grad_norm']}{broken}; stopped: {kept}; lower optim.lr "
+                    f"(now {config.optim.lr}) or check the data")
+            since_log.append(float(m["loss"]))
+        pending.clear()
+        return fetched[-1] if fetched else None
+
+    try:
+        for step in range(start + 1, config.total_steps + 1):
+            state, metrics = train_step(state, frozen, global_batch(next(stream), mesh))
+            pending.append((step, metrics))
+            last = step == config.total_steps
+            do_log = step % config.log_every == 0 or last
+            do_eval = bool(config.eval_every) and step % config.eval_every == 0 and not last
+            do_save = (bool(config.checkpoint_every) and step % config.checkpoint_every == 0
+                       ) or last
+            stop = preemption.requested(step)
+            if do_log or do_eval or do_save or stop:
+                m = check_pending()  # before any save: never checkpoint a diverged state
+            if do_log:
+                now = time.time()
+                record = {"step": step, "loss": float(m["loss"]),
+                          "loss_mean": float(np.mean(since_log)), "nll": float(m["nll"]),
+                          "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"]),
+                          "steps_per_s": (step - log_step) / max(now - log_clock, 1e-9)}
+                writer.write(record)
+                since_log.clear()
+                log_clock, log_step = now, step
+                bar.set_postfix(loss=f"{record['loss_mean']:.4f}",
+                                steps_per_s=f"{record['steps_per_s']:.2f}")
+            if do_eval:
+                eval_metrics = run_eval()
+                writer.write({"step": step, **{f"eval_{k}": v for k, v in eval_metrics.items()}})
+            if do_save or stop:
+                save(step)
+                last_saved = step
+            bar.update(1)
+            for hook in hooks:
+                hook(step, state)
+            if stop and not last:
+                ckpt.wait()
+                print(f"SIGTERM: saved checkpoint {step} in {ckpt.directory}; run the same "
+                      "command again to resume", file=sys.stderr, flush=True)
+                return {"preempted": True, "step": step}
+
+        # ------------------------------------------------------------ 6. final eval, results
+        if start < config.total_steps or not os.path.exists(os.path.join(workdir,
+                                                                          "results.json")):
+            eval_metrics = run_eval()
+            writer.write({"step": config.total_steps,
+                          **{f"eval_{k}": v for k, v in eval_metrics.items()}})
+        if start == config.total_steps and last_saved is None:
+            save(config.total_steps)
+        results = {"step": config.total_steps, "method": model.method.name,
+                   "task": run.task.name, "base": config.base,
+                   "random_init": bool(config.random_init), "trained_params": trained,
+                   "base_params": base_size, "percent_trained": 100.0 * trained / base_size,
+                   "wall_time_s": time.time() - wall_start,
+                   "eval": {k: v for k, v in eval_metrics.items()}}
+        if process0:
+            with open(os.path.join(workdir, "results.json"), "w") as f:
+                json.dump(results, f, indent=2)
+            if config.save_delta:
+                tree = state.trainable
+                save_delta(os.path.join(workdir, "delta.safetensors"), model, tree, run.base)
+        return results
+    finally:
+        bar.close()
+        preemption.restore()
+        ckpt.close()
+        writer.close()
+
+
+def evaluate(config, workdir: str, *, base=None) -> dict:
+    """Eval metrics of the latest checkpoint in `workdir` on config.data.eval_split."""
+    config = with_defaults(config)
+    check_config(config)
+    mesh = _setup_devices(config)
+    run = build_run(config, base)
+    eval_data = encode_split(run, config, config.data.eval_split)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    try:
+        if ckpt.latest_step() is None:
+            raise ValueError(f"no checkpoint in {ckpt.directory}; train first with "
+                             f"unified-petl train --workdir {workdir}")
+        meta = ckpt.read_meta()
+        check_fingerprint(meta["fingerprint"], run.base, f"the checkpoint in {workdir}")
+        optimizer, _ = optim_lib.make_optimizer(config.optim, config.total_steps)
+        from unified_petl.build import init_delta
+
+        delta = init_delta(run.model, jax.random.key(config.seed), params=run.params)
+        trainable, frozen = split_trainable(run.full, run.params, delta)
+        state, meta = ckpt.restore(init_state(trainable, optimizer, config.seed, mesh))
+        metrics = _evaluate(make_eval_step(run.model, mesh), state.trainable,
+                            replicate(frozen, mesh), eval_data, run, config, mesh)
+    finally:
+        ckpt.close()
+    results = {"step": int(meta["step"]), "split": config.data.eval_split, "eval": metrics}
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "eval_results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+def _evaluate(eval_step, trainable, frozen, encoded, run, config, mesh) -> dict:
+    """One pass over `encoded`: {"loss"} (per token / example NLL) and, for classification,
+    the task metric from unified_petl.evaluate (accuracy, percent)."""
+    from unified_petl import evaluate as metrics_lib
+    from unified_petl.data import eval_batches
+
+    nll, weight, preds, labels, rows = 0.0, 0.0, [], [], []
+    for local in eval_batches(encoded, batch_size=_eval_batch_size(config, mesh),
+                              decoder_start_token_id=decoder_start(run),
+                              buckets=tuple(config.data.buckets) or None,
+                              process_index=jax.process_index(),
+                              process_count=jax.process_count()):
+        out = eval_step(trainable, frozen, global_batch(local, mesh))
+        nll += float(out["nll_sum"])
+        weight += float(out["weight"])
+        if "pred" in out:
+            preds.append(gather(out["pred"]))
+            labels.append(gather(out["labels"]))
+            rows.append(gather(out["weight_rows"]))
+    result = {"loss": nll / max(weight, 1.0)}
+    if preds:
+        result.update(metrics_lib.compute(run.task.metric, np.concatenate(preds),
+                                          np.concatenate(labels), weights=np.concatenate(rows)))
+    # ROUGE / BLEU need generated text: unified_petl.generate (beam search) decodes first.
+    return result
+
+
+def _progress(config, start: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=config.total_steps, initial=start, disable=not (enabled and
+                                                                      config.progress),
+                desc="train", dynamic_ncols=True, file=sys.stderr)

@@ -1,0 +1,138 @@
+"""What a run needs before its first step: the base (or its random twin), the model, the data.
+
+Shared by `loop.train` and `loop.evaluate` so both build exactly the same model and batches.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from unified_petl.build import build, shape_tree
+from unified_petl.models.loading import (Base, CheckpointError, _strip_body_prefix,
+                                         convert_state_dict, hf_key, load_pretrained,
+                                         read_state_dict)
+
+
+@dataclasses.dataclass
+class Run:
+    """base: Base (random_init: the re-initialised one, with its own fingerprint);
+    task: data.Task; model: the Flax module with Δh; params: the frozen tree the model
+    expects; full: full fine-tuning (params are trained too)."""
+
+    base: Base
+    task: Any
+    model: Any
+    params: Any
+
+    @property
+    def full(self) -> bool:
+        return bool(self.model.method.full)
+
+
+def load_base(config, base: Optional[Base] = None) -> Base:
+    """config.base loaded (or the given Base), re-initialised when config.random_init."""
+    base = base if base is not None else load_pretrained(config.base)
+    if not config.random_init:
+        return base
+    # The control run: the same architecture and tokenizer, seeded random weights (the
+    # model's own initialisers). Its fingerprint differs, so its Δh cannot be mixed up.
+    model = build(base.config, "none", num_labels=0)
+    key = jax.random.fold_in(jax.random.key(config.seed), 7)
+    params = jax.jit(model.init)({"params": key, "dropout": key},
+                                 **_dummy_inputs())["params"]
+    return dataclasses.replace(base, params=params)
+
+
+def _dummy_inputs():
+    ids = jnp.full((1, 8), 5, jnp.int32)
+    return {"input_ids": ids, "attention_mask": jnp.ones_like(ids)}
+
+
+def build_run(config, base: Optional[Base] = None) -> Run:
+    from unified_petl.data import get_task
+
+    task = get_task(config.task)
+    base = load_base(config, base)
+    num_labels = None
+    if task.kind == "classification":
+        num_labels = int(config.model.num_labels) or task.num_labels
+    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    model = build(base.config, config.method, num_labels=num_labels,
+                  pretrained_head=bool(config.model.pretrained_head), dtype=dtype)
+    if task.kind == "seq2seq" and not model.cfg.seq2seq:
+        raise ValueError(f"task {task.name!r} is seq2seq but base {config.base} is an "
+                         "encoder-only model; use a BART/mBART base")
+    if task.kind == "classification" and model.cfg.seq2seq:
+        raise ValueError(f"task {task.name!r} is classification; use an encoder-only base "
+                         f"(RoBERTa/BERT), not {config.base}")
+    return Run(base=base, task=task, model=model, params=frozen_params(base, model))
+
+
+def frozen_params(base: Base, model) -> Any:
+    """The frozen tree `model` expects, taken from base.params.
+
+    Weights the model uses but load_pretrained left out are read from the checkpoint: a
+    BERT-family head runs the pretrained pooler, which load_pretrained skips when the
+    checkpoint has no classification head (sentence-transformers' MiniLM). Weights the
+    model does not use (a checkpoint's own head when a new one is trained) are dropped.
+    """
+    expected = traverse_util.flatten_dict(shape_tree(model, "params"))
+    have = traverse_util.flatten_dict(base.params)
+    out, missing = {}, []
+    for path, leaf in expected.items():
+        if path not in have:
+            missing.append(path)
+        elif tuple(have[path].shape) != tuple(leaf.shape):
+            raise CheckpointError(
+                f"base weight {'/'.join(path)} has shape {tuple(have[path].shape)} but the "
+                f"model needs {tuple(leaf.shape)} (a pretrained head with another number of "
+                "labels? set config.model.pretrained_head=False)")
+        else:
+            out[path] = have[path]
+    if missing:
+        if not base.path:
+            raise CheckpointError(f"base lacks weights {['/'.join(p) for p in missing]}")
+        seq2seq = model.cfg.seq2seq
+        state = {_strip_body_prefix(k): v for k, v in read_state_dict(base.path).items()}
+        keys = {hf_key(p, seq2seq) for p in missing}
+        sub = {k: v for k, v in state.items() if k in keys}
+        extra = convert_state_dict(sub, traverse_util.unflatten_dict(
+            {p: expected[p] for p in missing}), seq2seq, source=base.path)
+        out.update(traverse_util.flatten_dict(extra))
+    return traverse_util.unflatten_dict(out)
+
+
+def encode_split(run: Run, config, split: str):
+    """Tokenised split ('train' or config.data.eval_split) of the run's task."""
+    from unified_petl.data import encode, load_task
+
+    if run.base.tokenizer is None:
+        raise ValueError(f"base {config.base} has no tokenizer files; save the tokenizer "
+                         "next to the weights (tokenizer.save_pretrained)")
+    train = split == "train"
+    files = config.data.train_files if train else config.data.eval_files
+    limit = config.data.max_train_examples if train else config.data.max_eval_examples
+    dataset = load_task(run.task.name, split, data_files=files or None,
+                        max_examples=int(limit) or None, seed=int(config.seed))
+    if len(dataset) == 0:
+        raise ValueError(f"the {split} split of task {run.task.name!r} is empty "
+                         f"({files or 'generated/hub data'}); give a file with examples")
+    target_len = config.data.max_target_len or None
+    if not train and target_len is None:
+        target_len = run.task.eval_max_target_len
+    return encode(run.task, dataset, run.base.tokenizer,
+                  max_source_len=config.data.max_source_len or None, max_target_len=target_len)
+
+
+def decoder_start(run: Run) -> Optional[int]:
+    """BART starts the decoder with decoder_start_token_id; mBART with the language code
+    (None: the data module rotates the last label token to the front)."""
+    if not run.model.cfg.seq2seq:
+        return None
+    if getattr(run.base.config, "model_type", "") == "mbart":
+        return None
+    return int(run.base.config.decoder_start_token_id)

@@ -1,0 +1,245 @@
+"""The jitted, data-parallel train and eval steps.
+
+One `jax.jit` over a `Mesh` with a `data` axis (DESIGN.md decision 4): the batch is sharded
+on `data`; Δh, the optimiser state and the frozen weights are replicated; XLA inserts the
+gradient all-reduce. The frozen weights are an argument of the step, never closed over (a
+closed-over 400M-parameter tree would be baked into the program as constants), and the
+gradient is taken with respect to the trainable tree only, so no gradient or optimiser state
+ever exists for a frozen weight.
+
+Trainable tree: Δh (the `delta` collection) for every method but "full"; for full
+fine-tuning {"params": base weights, "delta": the new head (or {})}, with frozen = {}.
+
+Batches (numpy on the host, this host's rows; see unified_petl.data.batching):
+  classification: input_ids / attention_mask [/ token_type_ids] int32 [B, L], labels int32
+    [B], weight float32 [B];
+  seq2seq: input_ids / attention_mask int32 [B, S], decoder_input_ids /
+    decoder_attention_mask / labels int32 [B, T], weight float32 [B].
+Every loss is a sum over examples (tokens for seq2seq) weighted by `weight` (and the decoder
+mask) divided by the total weight of the GLOBAL batch, so gradient accumulation and any
+number of devices give the same update as one device with the whole batch.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "decoder_input_ids",
+              "decoder_attention_mask")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes. rng is raw key data (uint32 [2]) so orbax can save it."""
+
+    step: jax.Array  # int32 []
+    trainable: Any  # Δh, or {"params", "delta"} for full fine-tuning
+    opt_state: Any
+    rng: jax.Array  # uint32 key data; the dropout key of step s is fold_in(rng, s)
+
+
+# ----------------------------------------------------------------------------- devices
+def make_mesh(num_devices: Optional[int] = None, devices: Optional[Sequence] = None) -> Mesh:
+    """A 1-D mesh with axis `data` over all devices of all hosts (or the first num_devices)."""
+    devices = list(jax.devices() if devices is None else devices)
+    if num_devices:
+        if num_devices > len(devices):
+            raise ValueError(f"num_devices={num_devices} but only {len(devices)} devices exist")
+        devices = devices[:num_devices]
+    return Mesh(np.array(devices), ("data",))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def data_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P("data"))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Copies of `tree` on every device of the mesh. Never aliases the input: the train step
+    donates the state, which must not delete the caller's arrays (base.params for full FT)."""
+    sharding = replicated(mesh)
+    return jax.tree.map(lambda x: jax.device_put(jnp.array(x, copy=True), sharding), tree)
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This host's rows [B / process_count, ...] -> global arrays [B, ...] sharded on `data`."""
+    sharding = data_sharded(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in local.items()}
+
+
+# ----------------------------------------------------------------------------- trainable
+def split_trainable(full: bool, params: Any, delta: Any) -> tuple[Any, Any]:
+    """(trainable, frozen): (Δh, params), or for full fine-tuning ({params, delta}, {})."""
+    if full:
+        return {"params": params, "delta": delta}, {}
+    return delta, params
+
+
+def variables(full: bool, trainable: Any, frozen: Any) -> dict[str, Any]:
+    """The model's variable dict from the two trees (the inverse of split_trainable)."""
+    if full:
+        return {"params": trainable["params"], "delta": trainable["delta"]}
+    return {"params": frozen, "delta": trainable}
+
+
+def init_state(trainable: Any, optimizer: optax.GradientTransformation, seed: int,
+               mesh: Mesh) -> TrainState:
+    """A replicated step-0 state. The dropout stream is independent of the Δh init stream."""
+    trainable = replicate(trainable, mesh)
+    opt_state = jax.jit(optimizer.init, out_shardings=replicated(mesh))(trainable)
+    rng = jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1))
+    return TrainState(step=replicate(jnp.zeros((), jnp.int32), mesh), trainable=trainable,
+                      opt_state=opt_state, rng=replicate(rng, mesh))
+
+
+# ----------------------------------------------------------------------------- losses
+def token_weights(batch: dict[str, jax.Array], seq2seq: bool) -> jax.Array:
+    """What each loss term counts for: [B] (classification) or [B, T] (seq2seq tokens)."""
+    weight = batch["weight"].astype(jnp.float32)
+    if seq2seq:
+        return batch["decoder_attention_mask"].astype(jnp.float32) * weight[:, None]
+    return weight
+
+
+def smoothed_nll(logits: jax.Array, labels: jax.Array, epsilon: float) -> tuple[jax.Array,
+                                                                              jax.Array]:
+    """Per-position ((1-ε)·NLL + ε·mean_vocab(-log p), NLL), both [B] or [B, T].
+
+    The label-smoothed loss of the reference code (transformers' LabelSmoother). logits
+    [..., V] are upcast to fp32 so a bf16 model still gets an fp32 softmax.
+    """
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    if epsilon == 0.0:
+        return nll, nll
+    return (1.0 - epsilon) * nll - epsilon * logp.mean(axis=-1), nll
+
+
+def loss_sums(model, variables_: dict, batch: dict, rng: Optional[jax.Array], *,
+              label_smoothing: float = 0.0, deterministic: bool = False):
+    """(Σ w·loss, Σ w·nll, logits) over one (micro)batch; w from `token_weights`."""
+    seq2seq = model.cfg.seq2seq
+    inputs = {k: batch[k] for k in INPUT_KEYS if k in batch}
+    rngs = {} if rng is None else {"dropout": rng}
+    out = model.apply(variables_, **inputs, deterministic=deterministic, rngs=rngs)
+    loss, nll = smoothed_nll(out.logits, batch["labels"], label_smoothing)
+    w = token_weights(batch, seq2seq)
+    return (loss * w).sum(), (nll * w).sum(), out.logits
+
+
+def make_grad_fn(model, *, full: bool, label_smoothing: float = 0.0):
+    """(trainable, frozen, batch, rng, denom) -> ((Σ loss / denom, Σ nll), grads).
+
+    grads has exactly the structure of `trainable`: the frozen tree is not differentiated.
+    """
+    def objective(trainable, frozen, batch, rng, denom):
+        total, nll, _ = loss_sums(model, variables(full, trainable, frozen), batch, rng,
+                                  label_smoothing=label_smoothing)
+        return total / denom, nll
+
+    return jax.value_and_grad(objective, has_aux=True)
+
+
+# ----------------------------------------------------------------------------- train step
+def make_train_step(model, optimizer: optax.GradientTransformation, mesh: Mesh, *,
+                    schedule: Optional[Callable] = None, grad_accum: int = 1,
+                    label_smoothing: float = 0.0) -> Callable:
+    """A jitted step(state, frozen, batch) -> (state, metrics).
+
+    batch: global arrays (see `global_batch`), B rows sharded on `data`; with grad_accum = A
+    the B rows are split into A microbatches of B / A rows (each still spread over every
+    device) whose gradients are summed in a lax.scan before one optimiser update.
+    The state argument is donated: its buffers are reused for the new state.
+    metrics (replicated fp32 scalars): loss (label-smoothed), nll, grad_norm, lr, weight
+    (tokens or examples that counted), finite (1 if every updated Δh value is finite).
+    """
+    full = bool(model.method.full)
+    seq2seq = model.cfg.seq2seq
+    grad_fn = make_grad_fn(model, full=full, label_smoothing=label_smoothing)
+    micro_sharding = NamedSharding(mesh, P(None, "data"))
+
+    def step(state: TrainState, frozen: Any, batch: dict) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        weight = token_weights(batch, seq2seq).sum()
+        denom = jnp.maximum(weight, 1.0)  # an all-filler batch: zero loss, zero gradient
+        if grad_accum == 1:
+            (loss, nll), grads = grad_fn(state.trainable, frozen, batch, rng, denom)
+        else:
+            # Row i goes to microbatch i % A: every device keeps its rows (no reshuffle).
+            def split(x):
+                x = x.reshape((x.shape[0] // grad_accum, grad_accum) + x.shape[1:]).swapaxes(0, 1)
+                return jax.lax.with_sharding_constraint(x, micro_sharding)
+
+            micro = jax.tree.map(split, batch)
+
+            def body(carry, xs):
+                mb, j = xs
+                (l, n), g = grad_fn(state.trainable, frozen, mb, jax.random.fold_in(rng, j),
+                                    denom)
+                return jax.tree.map(jnp.add, carry, (l, n, g)), None
+
+            zeros = (jnp.zeros(()), jnp.zeros(()),
+                     jax.tree.map(jnp.zeros_like, state.trainable))
+            (loss, nll, grads), _ = jax.lax.scan(body, zeros,
+                                                 (micro, jnp.arange(grad_accum)))
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
+        trainable = optax.apply_updates(state.trainable, updates)
+        # A finite loss can still produce an inf/NaN update (overflow); the trainer checks
+        # this flag before every save so that no checkpoint ever holds a broken Δh.
+        finite = jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(trainable)]))
+        metrics = {"loss": loss, "nll": nll / denom,  # the aux nll is a sum
+                   "finite": finite,
+                   "grad_norm": optax.tree.norm(grads), "weight": weight,
+                   "lr": (schedule(state.step) if schedule is not None else jnp.zeros(()))}
+        metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+        return state.replace(step=state.step + 1, trainable=trainable,
+                             opt_state=opt_state), metrics
+
+    repl, data = replicated(mesh), data_sharded(mesh)
+    return jax.jit(step, in_shardings=(repl, repl, data), out_shardings=(repl, repl),
+                   donate_argnums=(0,))
+
+
+# ----------------------------------------------------------------------------- eval step
+def make_eval_step(model, mesh: Mesh) -> Callable:
+    """A jitted eval(trainable, frozen, batch) -> outputs, no dropout.
+
+    outputs: nll_sum, weight (replicated scalars) and, for classification, pred / labels /
+    weight_rows int32|float32 [B] sharded on `data` (gather with `gather`).
+    """
+    full = bool(model.method.full)
+    seq2seq = model.cfg.seq2seq
+
+    def evaluate(trainable, frozen, batch):
+        _, nll, logits = loss_sums(model, variables(full, trainable, frozen), batch, None,
+                                   deterministic=True)
+        out = {"nll_sum": nll, "weight": token_weights(batch, seq2seq).sum()}
+        if not seq2seq:
+            out.update(pred=jnp.argmax(logits, axis=-1).astype(jnp.int32),
+                       labels=batch["labels"], weight_rows=batch["weight"])
+        return out
+
+    repl, data = replicated(mesh), data_sharded(mesh)
+    out_shardings = {"nll_sum": repl, "weight": repl}
+    if not seq2seq:
+        out_shardings.update(pred=data, labels=data, weight_rows=data)
+    return jax.jit(evaluate, in_shardings=(repl, repl, data), out_shardings=out_shardings)
+
+
+def gather(x: jax.Array) -> np.ndarray:
+    """A global array as numpy on every host (an all-gather across hosts when there are many)."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
