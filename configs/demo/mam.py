@@ -5,7 +5,13 @@ The paper's GLUE MAM (l=16, r=16, s=2); the prefix is trained directly (mlp=Fals
 
     unified-petl train --config configs/demo/mam.py --workdir /tmp/unified_petl_demo/mam
 """
-from unified_petl.demo import demo_config
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:  # the loader runs this file by path: make its helper importable
+    sys.path.insert(0, _HERE)
+from demo_common import demo_config  # noqa: E402
 
 
 def get_config():

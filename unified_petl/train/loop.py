@@ -250,8 +250,9 @@ def evaluate(config, workdir: str, *, base=None) -> dict:
 
 
 def _evaluate(eval_step, trainable, frozen, encoded, run, config, mesh) -> dict:
-    """One pass over `encoded`: {"loss"} (per token / example NLL) and, for classification,
-    the task metric from unified_petl.evaluate (accuracy, percent)."""
+    """One pass over `encoded`: {"loss"} (NLL per target token or per example) and the task
+    metric: accuracy (percent) for classification; for seq2seq with a `generate` config
+    group, ROUGE / BLEU of generated text (unified_petl.predict)."""
     from unified_petl import evaluate as metrics_lib
     from unified_petl.data import eval_batches
 
@@ -272,7 +273,18 @@ def _evaluate(eval_step, trainable, frozen, encoded, run, config, mesh) -> dict:
     if preds:
         result.update(metrics_lib.compute(run.task.metric, np.concatenate(preds),
                                           np.concatenate(labels), weights=np.concatenate(rows)))
-    # ROUGE / BLEU need generated text: unified_petl.generate (beam search) decodes first.
+    if run.task.kind == "seq2seq" and config.get("generate") is not None:
+        # ROUGE / BLEU of beam-search output with the config's decoding settings (the
+        # paper's model selection for XSum is ROUGE-2).
+        from unified_petl.predict import predict_and_score
+        from unified_petl.train.step import variables
+
+        scores, _ = predict_and_score(run.model, variables(run.full, trainable, frozen),
+                                      run.task, encoded, run.base.tokenizer, run.base,
+                                      config.generate,
+                                      batch_size=_eval_batch_size(config, mesh),
+                                      buckets=tuple(config.data.buckets) or None)
+        result.update(scores)
     return result
 
 
