@@ -5,14 +5,8 @@ so accuracy stays near chance.
 
     unified-petl train --config configs/demo/control.py --workdir /tmp/unified_petl_demo/control
 """
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:  # the loader runs this file by path: make its helper importable
-    sys.path.insert(0, _HERE)
-from demo_common import demo_config  # noqa: E402
+from demo_common import demo_config  # shared settings of this folder
 
 
 def get_config():
-    return demo_config("mam(l=16, r=16, s=2, mlp=False)", lr=2e-3, random_init=True)
+    return demo_config("mam(l=16, r=64, s=4, mlp=False)", lr=1e-3, random_init=True)

@@ -2,13 +2,7 @@
 
     unified-petl train --config configs/demo/full.py --workdir /tmp/unified_petl_demo/full
 """
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:  # the loader runs this file by path: make its helper importable
-    sys.path.insert(0, _HERE)
-from demo_common import demo_config  # noqa: E402
+from demo_common import demo_config  # shared settings of this folder
 
 
 def get_config():

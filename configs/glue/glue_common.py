@@ -78,6 +78,5 @@ def row_config(row: str, task: str = "mnli") -> ml_collections.ConfigDict:
     c.data.eval_batch_size = 128
     c.model.num_labels = 0  # the task's: 3 for MNLI, 2 for SST-2
     c.model.pretrained_head = False
-    c.eval = ml_collections.ConfigDict(dict(selection="accuracy", greater_is_better=True,
-                                            generate=False))
+    c.eval.selection = "accuracy"
     return c

@@ -6,13 +6,7 @@ FFN adapter r=16, s=2.
 
 Method `mam(l=16, r=16, s=2)`; the GLUE settings are in glue_common.py.
 """
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:  # the loader runs this file by path: make its helper importable
-    sys.path.insert(0, _HERE)
-from glue_common import row_config  # noqa: E402
+from glue_common import row_config  # shared settings of this folder
 
 
 def get_config(task="mnli"):

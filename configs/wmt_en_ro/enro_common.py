@@ -11,17 +11,13 @@ betas (0.9, 0.98), eps 1e-6, linear decay to 0 with no warmup; batches of about 
 (the reference: 4096 tokens x 4 accumulation steps); 50k steps; label smoothing 0.1; weight
 decay 0.01; clipping 1.0; source / target 150 tokens; dropout 0.1 with attention dropout 0.0;
 mixed precision (bf16 here, fp16 there). Model selection: the loss on the first 1600
-validation pairs, every 5000 steps (greater_is_better False). Decoding (test BLEU, with the
+validation pairs, every 5000 steps (lowest is best). Decoding (test BLEU, with the
 Romanian post-processing of unified_petl.evaluate.bleu): 5 beams, max length 150, length
 penalty 1.0 (the reference script passed --max_length 200; the paper states 150).
 
-Keys added to base_config() (see xsum_common): generate.*, eval.*, and
-  max_tokens       token budget of one optimiser step (B * max(S, T) <= max_tokens per batch,
-                   rows grouped by length: unified_petl.data.token_budget_batches). Until the
-                   trainer reads it, batch_size (256 rows = 16384 tokens at the 64-token
-                   length bucket) is what a run uses.
-  base_overrides   attributes of the checkpoint's transformers config to replace before the
-                   model is built (here attention_dropout=0.0, as the paper's mBART run).
+max_tokens (token-budget batches: B * max(S, T) <= 16384 tokens per step; batch_size is
+not used), base_overrides (attention_dropout=0.0), generate.* and eval.* are documented in
+unified_petl.train.config.
 """
 from __future__ import annotations
 
@@ -33,7 +29,7 @@ import ml_collections
 _XSUM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "xsum")
 if os.path.abspath(_XSUM) not in sys.path:
     sys.path.insert(0, os.path.abspath(_XSUM))
-from xsum_common import ROWS, eval_settings, generate_settings  # noqa: E402
+from xsum_common import ROWS, generate_settings  # noqa: E402
 
 from unified_petl.train.config import base_config  # noqa: E402
 
@@ -76,5 +72,6 @@ def row_config(row: str) -> ml_collections.ConfigDict:
     c.generate = generate_settings(num_beams=5, max_length=150, min_length=0,
                                    no_repeat_ngram_size=0, length_penalty=1.0,
                                    early_stopping=False)
-    c.eval = eval_settings("loss", False, generate=False)
+    c.eval.selection = "loss"
+    c.eval.generate = False
     return c

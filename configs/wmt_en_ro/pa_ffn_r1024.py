@@ -4,13 +4,7 @@
 
 Method `pa(at=ffn, r=1024)`; the en-ro settings are in enro_common.py.
 """
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:  # the loader runs this file by path: make its helper importable
-    sys.path.insert(0, _HERE)
-from enro_common import row_config  # noqa: E402
+from enro_common import row_config  # shared settings of this folder
 
 
 def get_config():

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from unified_petl.train.config import base_config
+from unified_petl.train.config import GENERATE_DEFAULTS, base_config
 
 # name -> (method preset, paper table, paper's "% params" (None: not stated for this row or
 # stated differently from the formula, see the note), what the row is).
@@ -74,25 +74,12 @@ ROWS: dict[str, tuple[str, str, "float | None", str]] = {
 
 BASE = "facebook/bart-large"
 
-# Keys this folder adds to base_config() (the trainer / predict read them):
-#   generate.*  decoding settings, passed to unified_petl.generate as keywords.
-#   eval.*      selection: metric that picks the best checkpoint (rouge2 | bleu | loss |
-#               accuracy) and greater_is_better; generate: decode + score with the task
-#               metric at every evaluation (not only the loss).
+# The trainer's generate.* (decoding settings) and eval.* (selection metric, decode at every
+# evaluation) groups are documented in unified_petl.train.config.
 
 
 def generate_settings(**kw) -> ml_collections.ConfigDict:
-    settings = dict(num_beams=1, max_length=20, min_length=0, length_penalty=1.0,
-                    no_repeat_ngram_size=0, early_stopping=False)
-    settings.update(kw)
-    return ml_collections.ConfigDict(settings)
-
-
-def eval_settings(selection: str, greater_is_better: bool, generate: bool
-                  ) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(selection=selection,
-                                          greater_is_better=greater_is_better,
-                                          generate=generate))
+    return ml_collections.ConfigDict({**GENERATE_DEFAULTS, **kw})
 
 
 def row_config(row: str) -> ml_collections.ConfigDict:
@@ -126,5 +113,6 @@ def row_config(row: str) -> ml_collections.ConfigDict:
     c.generate = generate_settings(num_beams=6, min_length=10, max_length=60,
                                    no_repeat_ngram_size=3, length_penalty=1.0,
                                    early_stopping=True)
-    c.eval = eval_settings("rouge2", True, generate=True)
+    c.eval.selection = "rouge2"
+    c.eval.generate = True  # ROUGE-2 needs decoded summaries at every evaluation
     return c

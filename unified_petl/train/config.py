@@ -21,7 +21,20 @@ trainer reads with its default. Top-level keys every training config has:
                   the generated demo), eval_split, max_source_len / max_target_len (0 = the
                   task's), max_train_examples / max_eval_examples (0 = all), eval_batch_size,
                   buckets (source length buckets, () = powers of two)
-  model           num_labels (0 = the task's), pretrained_head
+  model           num_labels (0 = the task's), pretrained_head, pooling ('cls' | 'mean':
+                  what an encoder's head reads)
+  max_tokens      > 0: token-budget batches instead of batch_size rows: rows grouped by
+                  (source, target) length bucket, B * max(S, T) <= max_tokens per optimiser
+                  step (translation, as fairseq); one compile per bucket pair
+  base_overrides  attributes of the base's transformers config replaced before the model is
+                  built, e.g. attention_dropout=0.0 (an unknown attribute is an error)
+  generate        decoding settings (unified_petl.generate keywords: num_beams, max_length,
+                  min_length, length_penalty, no_repeat_ngram_size, early_stopping)
+  eval            selection: the eval metric that picks the best Δh ('' = the task's when
+                  it is computed, else 'loss'; 'loss' is lowest-best, 'accuracy', 'rouge2',
+                  'bleu', ... highest-best); generate: decode with `generate` and score
+                  ROUGE / BLEU at every evaluation (seq2seq). The best Δh is written to
+                  WORKDIR/best/ (unified_petl.train.selection)
   distributed     call jax.distributed.initialize() (multi-host)
   num_devices     use the first n devices (0 = all)
   progress        show a tqdm progress bar
@@ -36,12 +49,22 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import sys
 from typing import Any, Sequence
 
 import ml_collections
 
 REQUIRED = ("base", "method", "task", "seed", "batch_size", "total_steps", "log_every",
             "eval_every", "checkpoint_every", "optim")
+
+
+# transformers' GenerationConfig defaults: greedy, at most 20 tokens.
+GENERATE_DEFAULTS = dict(num_beams=1, max_length=20, min_length=0, length_penalty=1.0,
+                         no_repeat_ngram_size=0, early_stopping=False)
+
+
+# Groups whose keys are not fixed by base_config(): overrides may add keys to them.
+FREE_FORM = ("base_overrides",)
 
 
 class ConfigError(ValueError):
@@ -72,7 +95,12 @@ def base_config() -> ml_collections.ConfigDict:
         train_files="", eval_files="", eval_split="validation", max_source_len=0,
         max_target_len=0, max_train_examples=0, max_eval_examples=0, eval_batch_size=0,
         buckets=()))
-    c.model = ml_collections.ConfigDict(dict(num_labels=0, pretrained_head=False))
+    c.model = ml_collections.ConfigDict(dict(num_labels=0, pretrained_head=False,
+                                             pooling="cls"))
+    c.max_tokens = 0
+    c.base_overrides = ml_collections.ConfigDict()
+    c.generate = ml_collections.ConfigDict(GENERATE_DEFAULTS)
+    c.eval = ml_collections.ConfigDict(dict(selection="", generate=False))
     c.distributed = False
     c.num_devices = 0
     c.progress = True
@@ -88,10 +116,18 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     module_spec = importlib.util.spec_from_file_location(
         "_config_" + os.path.basename(path).replace(".", "_"), path)
     module = importlib.util.module_from_spec(module_spec)
+    # A config imports the shared settings of its folder (`from xsum_common import ...`).
+    folder = os.path.dirname(os.path.abspath(path))
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
     try:
         module_spec.loader.exec_module(module)
     except Exception as e:  # a broken config file: say where, in one line
         raise ConfigError(f"cannot execute config {path}: {type(e).__name__}: {e}") from None
+    finally:
+        if added:
+            sys.path.remove(folder)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config {path} has no get_config() function; define one that "
                           "returns an ml_collections.ConfigDict")
@@ -148,6 +184,11 @@ def override(config: ml_collections.ConfigDict, assignments: Sequence[str]
         name, text = item.split("=", 1)
         keys = name.split(".")
         node = config
+        if len(keys) == 2 and keys[0] in FREE_FORM and keys[0] in config:
+            # a free-form group takes new keys: --config.base_overrides.dropout=0.0
+            with config[keys[0]].ignore_type():
+                config[keys[0]][keys[1]] = _parse_value(text, None, name)
+            continue
         for depth, key in enumerate(keys):
             if not isinstance(node, ml_collections.ConfigDict) or key not in node:
                 where = "config." + ".".join(keys[:depth]) if depth else "the config"
@@ -175,7 +216,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config lacks key(s) {missing}; start from "
                           "unified_petl.train.config.base_config()")
     defaults = base_config()
-    for group in ("optim", "data", "model"):
+    for group in ("optim", "data", "model", "generate", "eval"):
         if group in config:
             unknown = sorted(set(config[group].keys()) - set(defaults[group].keys()))
             if unknown:
@@ -197,6 +238,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                           f"batch_size={config.batch_size}")
     if config.get("dtype", "float32") not in ("float32", "bfloat16"):
         raise ConfigError(f"dtype={config.dtype!r}: use float32 or bfloat16")
+    if int(config.get("max_tokens", 0)) < 0:
+        raise ConfigError(f"max_tokens={config.max_tokens} must be >= 0 (0: batch_size rows)")
     if not 0.0 <= float(config.get("label_smoothing", 0.0)) < 1.0:
         raise ConfigError(f"label_smoothing={config.label_smoothing} must be in [0, 1)")
 
