@@ -73,6 +73,11 @@ def test_override_parses_to_the_existing_type():
                                  "method=mam(l=16, r=16)", "total_steps=12"])
     assert c.optim.lr == 3e-4 and c.progress is False and tuple(c.data.buckets) == (8, 16)
     assert c.method == "mam(l=16, r=16)" and c.total_steps == 12
+    # base_overrides is free-form: new keys are taken, values parsed as Python literals
+    c = override(base_config(), ["base_overrides.attention_dropout=0.0"])
+    assert c.base_overrides.attention_dropout == 0.0
+    with pytest.raises(ConfigError, match="unknown config key"):
+        override(base_config(), ["optim.lr_typo=1"])
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         override(base_config(), ["optim.lr"])
 
@@ -136,3 +141,61 @@ def test_count(setup, capsys):
     assert "prefix@heads" in out and "adapter@ffn" in out
     assert "unknown method" in _error_line(capsys, ["count", "--base", setup["folder"],
                                                     "--method", "nope(r=1)"])
+
+
+def test_metric_writer_truncates_on_resume_and_mirrors_to_tensorboard(tmp_path, monkeypatch):
+    """TensorBoard is optional: with a (fake) tensorboard importable, scalars are mirrored."""
+    import types
+
+    from unified_petl.train.writer import MetricWriter
+
+    events = []
+
+    class FakeWriter:
+        def __init__(self, logdir):
+            self.logdir = logdir
+
+        def add_event(self, event):
+            events.append(event)
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    class Summary:
+        class Value:
+            def __init__(self, tag, simple_value):
+                self.tag, self.simple_value = tag, simple_value
+
+        def __init__(self, value):
+            self.value = value
+
+    class Event:
+        def __init__(self, wall_time, step, summary):
+            self.step, self.summary = step, summary
+
+    fake = {"tensorboard": types.ModuleType("tensorboard"),
+            "tensorboard.summary": types.ModuleType("tensorboard.summary"),
+            "tensorboard.summary.writer": types.ModuleType("tensorboard.summary.writer"),
+            "tensorboard.summary.writer.event_file_writer": types.ModuleType("efw"),
+            "tensorboard.compat": types.ModuleType("tensorboard.compat"),
+            "tensorboard.compat.proto": types.ModuleType("tensorboard.compat.proto"),
+            "tensorboard.compat.proto.event_pb2": types.ModuleType("event_pb2"),
+            "tensorboard.compat.proto.summary_pb2": types.ModuleType("summary_pb2")}
+    fake["tensorboard.summary.writer.event_file_writer"].EventFileWriter = FakeWriter
+    fake["tensorboard.compat.proto.event_pb2"].Event = Event
+    fake["tensorboard.compat.proto.summary_pb2"].Summary = Summary
+    for name, module in fake.items():
+        monkeypatch.setitem(sys.modules, name, module)
+
+    writer = MetricWriter(str(tmp_path))
+    for step in (1, 2, 3):
+        writer.write({"step": step, "loss": 1.0 / step, "lr": 0.1})
+    writer.write({"step": 3, "eval_accuracy": 50.0, "eval_loss": float("nan")})
+    writer.truncate_after(2)
+    writer.close()
+    assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2]
+    assert [e.step for e in events] == [1, 2, 3, 3]
+    assert {v.tag for v in events[-1].summary.value} == {"eval_accuracy"}  # NaN skipped

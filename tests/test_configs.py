@@ -96,7 +96,7 @@ def test_paper_settings():
     assert (enro.data.max_source_len, enro.data.max_target_len) == (150, 150)
     assert enro.base_overrides.attention_dropout == 0.0
     assert (enro.generate.num_beams, enro.generate.max_length) == (5, 150)
-    assert enro.eval.selection == "loss" and not enro.eval.greater_is_better
+    assert enro.eval.selection == "loss" and not enro.eval.generate
 
     for task, size in (("mnli", 392_702), ("sst2", 67_349)):
         glue = _load("glue", "mam", task)

@@ -1,4 +1,4 @@
-"""The train step: data parallel = one device, only Δh changes, the optimiser as the paper ran it."""
+"""The train step: data parallel = one device, only Δh changes, the paper's optimiser."""
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -118,7 +118,8 @@ def test_only_delta_changes(bases):
     # the gradient exists for Δh only: its tree is exactly the Δh tree (shapes only: no
     # compile needed to see which tree value_and_grad differentiates)
     delta = up.init_delta(model, jax.random.key(0), params=base.params)
-    _, grads = jax.eval_shape(make_grad_fn(model, full=False), delta, base.params,
+    trainable, frozen = split_trainable(False, base.params, delta)
+    _, grads = jax.eval_shape(make_grad_fn(model, full=False), trainable, frozen,
                               _batch("roberta"), jax.random.key(1), jnp.float32(1.0))
     assert jax.tree.structure(grads) == jax.tree.structure(delta)
     assert jax.tree.structure(trained) == jax.tree.structure(delta)
@@ -182,10 +183,11 @@ def test_bf16_compute_keeps_fp32_state(bases):
     optimizer, schedule = optim_lib.make_optimizer(OPTIM, 10)
     mesh = make_mesh(devices=jax.devices()[:1])
     delta = up.init_delta(model, jax.random.key(0), params=base.params)
-    state = init_state(delta, optimizer, 0, mesh)
+    trainable, frozen = split_trainable(False, base.params, delta)
+    state = init_state(trainable, optimizer, 0, mesh)
     step = make_train_step(model, optimizer, mesh, schedule=schedule)
     # dtypes are decided at trace time: eval_shape shows them without compiling
-    new, metrics = jax.eval_shape(step, state, replicate(base.params, mesh),
+    new, metrics = jax.eval_shape(step, state, replicate(frozen, mesh),
                                   global_batch(_batch("roberta"), mesh))
     assert metrics["loss"].dtype == jnp.float32
     assert {x.dtype for x in jax.tree.leaves(new.trainable)} == {jnp.dtype("float32")}

@@ -12,14 +12,16 @@ from unified_petl.models.config import arch_config
 
 
 def build(config: Any, method: "str | Method" = "none", *, num_labels: Optional[int] = None,
-          pretrained_head: Optional[bool] = None, dtype=jnp.float32, decode: bool = False):
+          pretrained_head: Optional[bool] = None, pooling: str = "cls", dtype=jnp.float32,
+          decode: bool = False):
     """The base model of `config` with the Δh of `method` at the paper's points.
 
     config: a transformers config (or ArchConfig). method: a preset string ('mam(l=30,r=512)')
     or a Method. num_labels: encoder-only models get a classification head with this many
     labels (None: the checkpoint's head if its architecture has one, else no head).
     pretrained_head: the head's weights come from the checkpoint (frozen `params`) rather than
-    being new (`delta`). dtype: compute dtype (bf16 for speed; weights and Δh stay fp32).
+    being new (`delta`). pooling: what an encoder's head reads, "cls" (the first token) or
+    "mean" (masked mean, for sentence-transformers bases). dtype: compute dtype (bf16 for speed; weights and Δh stay fp32).
     decode: (m)BART decoder with a KV cache, for generation.
     """
     from unified_petl.models.bart import BartForConditionalGeneration
@@ -38,8 +40,13 @@ def build(config: Any, method: "str | Method" = "none", *, num_labels: Optional[
         pretrained_head = has_cls_arch
     if num_labels < 0:
         raise ValueError(f"num_labels={num_labels} must be >= 0")
+    if pooling not in ("cls", "mean"):
+        raise ValueError(f"pooling={pooling!r}: use 'cls' (first token) or 'mean'")
+    if pooling == "mean" and pretrained_head:
+        raise ValueError("pooling='mean' needs a new head (pretrained_head=False): the "
+                         "checkpoint's head was trained on the first token")
     return RobertaModel(cfg, method, num_labels=num_labels, pretrained_head=pretrained_head,
-                        dtype=dtype)
+                        pooling=pooling, dtype=dtype)
 
 
 def dummy_batch(model, batch_size: int = 1, length: int = 8) -> dict[str, np.ndarray]:
@@ -51,11 +58,12 @@ def dummy_batch(model, batch_size: int = 1, length: int = 8) -> dict[str, np.nda
     return batch
 
 
-def shape_tree(model, collection: str = "params") -> Any:
-    """ShapeDtypeStructs of one collection, with no FLOPs and no memory (jax.eval_shape)."""
+def shape_tree(model, collection: Optional[str] = "params") -> Any:
+    """ShapeDtypeStructs of one collection (None: every collection), with no FLOPs and no
+    memory (jax.eval_shape)."""
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
     shapes = jax.eval_shape(lambda: model.init(rngs, **dummy_batch(model)))
-    return shapes.get(collection, {})
+    return dict(shapes) if collection is None else shapes.get(collection, {})
 
 
 def init_delta(model, rng: jax.Array, batch: Optional[dict] = None, params: Any = None) -> Any:

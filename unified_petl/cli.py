@@ -34,11 +34,14 @@ def _parser() -> argparse.ArgumentParser:
                      "unified view (He et al., ICLR 2022) in JAX/Flax.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, text in (("train", "train a Δh (resumes from the workdir)"),
-                       ("eval", "evaluate the latest checkpoint of a workdir")):
+                       ("eval", "evaluate the latest checkpoint (or --best: the selected Δh) of a workdir")):
         p = sub.add_parser(name, help=text, description=text + ". Override any config key "
                            "with --config.KEY=VALUE (e.g. --config.optim.lr=1e-4).")
         p.add_argument("--config", required=True, help="config file (path.py or path.py:arg)")
         p.add_argument("--workdir", required=True, help="checkpoints, metrics, results")
+        if name == "eval":
+            p.add_argument("--best", action="store_true",
+                           help="evaluate the Δh that model selection kept (WORKDIR/best/)")
     p = sub.add_parser("count", help="parameter budget of a method on a base model",
                        description="Δh parameter counts (trained, stored, paper formula).")
     p.add_argument("--base", required=True,
@@ -127,7 +130,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         else:
             from unified_petl.train.loop import evaluate
 
-            results = evaluate(config, args.workdir)
+            results = evaluate(config, args.workdir, best=args.best)
         print(json.dumps(results.get("eval", results), indent=2))
     except TrainingDiverged as e:
         if debug:

@@ -26,9 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unified_petl.train.config import GENERATE_DEFAULTS
+
 # The keyword arguments of unified_petl.generate that a config's `generate` group may set.
-GENERATE_KEYS = ("num_beams", "max_length", "min_length", "length_penalty",
-                 "no_repeat_ngram_size", "early_stopping")
+GENERATE_KEYS = tuple(GENERATE_DEFAULTS)
 
 
 def generate_kwargs(settings: Optional[Mapping[str, Any]]) -> dict[str, Any]:
@@ -37,8 +38,7 @@ def generate_kwargs(settings: Optional[Mapping[str, Any]]) -> dict[str, Any]:
     Missing keys take transformers' GenerationConfig defaults (greedy, max_length 20); an
     unknown key is an error (a typo would silently decode with the default otherwise).
     """
-    out = dict(num_beams=1, max_length=20, min_length=0, length_penalty=1.0,
-               no_repeat_ngram_size=0, early_stopping=False)
+    out = dict(GENERATE_DEFAULTS)
     if settings is None:
         return out
     items = settings.items() if hasattr(settings, "items") else dict(settings).items()

@@ -115,8 +115,9 @@ def count(config: Any, method: "str | Method", *, num_labels: int = 0) -> dict[s
     cfg = arch_config(config)
     method = parse_method(method) if isinstance(method, str) else method
     model = build(config, method, num_labels=num_labels, pretrained_head=False)
-    params = traverse_util.flatten_dict(shape_tree(model, "params"))
-    delta = shape_tree(model, "delta")
+    shapes = shape_tree(model, None)  # one trace for both collections
+    params = traverse_util.flatten_dict(shapes.get("params", {}))
+    delta = shapes.get("delta", {})
     flat_delta = traverse_util.flatten_dict(delta)
     base_params = sum(_size(v.shape) for v in params.values())
     masked_paths = {p for p in flat_delta if p in params}
@@ -139,6 +140,8 @@ def count(config: Any, method: "str | Method", *, num_labels: int = 0) -> dict[s
     if method.full:
         per_axis["full@params"] = {"trained": base_params, "stored": base_params,
                                    "paper": base_params}
+    if "head" in per_axis and not method.train_head:  # head=false: stored, not trained
+        per_axis["head"]["trained"] = 0
     head = per_axis.get("head", {}).get("trained", 0)
     trained = sum(v["trained"] for v in per_axis.values())
     stored = sum(v["stored"] for v in per_axis.values())

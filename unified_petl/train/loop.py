@@ -11,6 +11,7 @@ batches, same dropout keys, same updates).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,13 +22,16 @@ from typing import Callable, Optional, Sequence
 import jax
 import numpy as np
 
+from unified_petl.build import init_delta
 from unified_petl.train import optim as optim_lib
+from unified_petl.train import selection
 from unified_petl.train.checkpoint import (Checkpointer, CheckpointMismatch, check_fingerprint,
-                                           save_delta)
+                                           load_delta, save_delta)
 from unified_petl.train.config import check_config, with_defaults
 from unified_petl.train.setup import build_run, decoder_start, encode_split
 from unified_petl.train.step import (gather, global_batch, init_state, make_eval_step,
-                                     make_mesh, make_train_step, replicate, split_trainable)
+                                     make_mesh, make_train_step, replicate, split_trainable,
+                                     variables)
 from unified_petl.train.writer import MetricWriter, Preemption
 
 
@@ -40,7 +44,7 @@ def _setup_devices(config):
         jax.distributed.initialize()
     mesh = make_mesh(int(config.num_devices) or None)
     rows = config.batch_size // config.grad_accum
-    if rows % mesh.size:
+    if not config.max_tokens and rows % mesh.size:
         raise ValueError(f"batch_size={config.batch_size} with grad_accum={config.grad_accum} "
                          f"gives microbatches of {rows} rows, which do not split over "
                          f"{mesh.size} devices; use a batch_size divisible by "
@@ -74,85 +78,92 @@ def train(config, workdir: str, *, base=None,
     wall_start = time.time()
     run = build_run(config, base)
     model, full = run.model, run.full
+    selection_metric = selection.resolve(run.task, config.eval.selection, _decodes(run, config))
     train_data = encode_split(run, config, "train")
     eval_data = encode_split(run, config, config.data.eval_split)
 
     # ---------------------------------------------------------------- 3. Δh, optimiser
     optimizer, schedule = optim_lib.make_optimizer(config.optim, config.total_steps)
-    from unified_petl.build import init_delta
-
     delta = init_delta(model, jax.random.key(config.seed), params=run.params)
-    trainable, frozen = split_trainable(full, run.params, delta)
+    trainable, frozen = split_trainable(full, run.params, delta,
+                                        train_head=model.method.train_head)
     state = init_state(trainable, optimizer, config.seed, mesh)
     frozen = replicate(frozen, mesh)
     trained = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.trainable))
+    if trained == 0:
+        raise ValueError(f"method {model.method.name!r} has no trainable Δh on this model; "
+                         "choose a method such as 'lora(r=8)' or 'full'")
     base_size = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.params))
 
     # ---------------------------------------------------------------- 4. resume
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
     writer = MetricWriter(workdir, enabled=process0)
-    method_spec = json.loads(json.dumps(model.method.to_dict()))
-    position = {"epoch": 0, "position": 0}
-    if ckpt.latest_step() is not None:
-        meta = ckpt.read_meta()
-        check_fingerprint(meta["fingerprint"], run.base, f"the checkpoint in {workdir}")
-        if meta["method"] != method_spec:
-            raise CheckpointMismatch(
-                f"{workdir} holds a run of method {meta['method']['name']!r}, not "
-                f"{model.method.name!r}; use a new workdir or the same method")
-        state, meta = ckpt.restore(state)
-        position = meta["data"]
-        writer.truncate_after(int(meta["step"]))
-    start = int(state.step)
-
-    from unified_petl.data import batches
-
-    stream = batches(train_data, batch_size=config.batch_size, seed=config.seed,
-                     epoch_start=position["epoch"], position=position["position"],
-                     decoder_start_token_id=decoder_start(run),
-                     buckets=tuple(config.data.buckets) or None,
-                     process_index=jax.process_index(), process_count=jax.process_count())
-    train_step = make_train_step(model, optimizer, mesh, schedule=schedule,
-                                 grad_accum=config.grad_accum,
-                                 label_smoothing=config.label_smoothing)
-    eval_step = make_eval_step(model, mesh)
-
-    def run_eval():
-        return _evaluate(eval_step, state.trainable, frozen, eval_data, run, config, mesh)
-
-    def save(step):
-        ckpt.save(step, state, {"method": method_spec, "fingerprint": run.base.fingerprint,
-                                "data": stream.state(), "step": step,
-                                "config": config.to_json()})
-
-    # ---------------------------------------------------------------- 5. the loop
-    preemption = Preemption()
-    pending, since_log = [], []  # device metrics not yet checked; checked losses to average
-    last_saved = ckpt.latest_step()
-    log_clock, log_step = time.time(), start
-    results, eval_metrics = {}, {}
-    bar = _progress(config, start, process0)
-
-    def check_pending():
-        """Fetch the metrics of the steps run since the last check; stop on NaN/inf."""
-        fetched = jax.device_get([m for _, m in pending])
-        for (step, _), m in zip(pending, fetched):
-            if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])
-                    and m["finite"]):
-                ckpt.wait()
-                kept = (f"the last good checkpoint (step {last_saved}) in "
-                        f"{ckpt.directory} is intact" if last_saved is not None
-                        else "no checkpoint had been saved")
-                broken = "" if m["finite"] else ", updated Δh not finite"
-                raise TrainingDiverged(
-                    f"training diverged at step {step}: loss {m['loss']}, grad norm "
-                    f"{m['grad_norm']}{broken}; stopped: {kept}; lower optim.lr "
-                    f"(now {config.optim.lr}) or check the data")
-            since_log.append(float(m["loss"]))
-        pending.clear()
-        return fetched[-1] if fetched else None
-
+    preemption = bar = None
     try:
+        method_spec = json.loads(json.dumps(model.method.to_dict()))
+        position = {"epoch": 0, "position": 0}
+        if ckpt.latest_step() is not None:
+            meta = ckpt.read_meta()
+            check_fingerprint(meta["fingerprint"], run.base, f"the checkpoint in {workdir}")
+            if meta["method"] != method_spec:
+                raise CheckpointMismatch(
+                    f"{workdir} holds a run of method {meta['method']['name']!r}, not "
+                    f"{model.method.name!r}; use a new workdir or the same method")
+            state, meta = ckpt.restore(state)
+            position = meta["data"]
+            writer.truncate_after(int(meta["step"]))
+        start = int(state.step)
+
+        stream = _train_stream(train_data, run, config, mesh, position)
+        train_step = make_train_step(model, optimizer, mesh, schedule=schedule,
+                                     grad_accum=config.grad_accum,
+                                     label_smoothing=config.label_smoothing)
+        eval_step = make_eval_step(model, mesh)
+
+        def run_eval():
+            return _evaluate(eval_step, state.trainable, frozen, eval_data, run, config, mesh)
+
+        def save(step):
+            ckpt.save(step, state, {"method": method_spec, "fingerprint": run.base.fingerprint,
+                                    "data": stream.state(), "step": step,
+                                    "config": config.to_json()})
+
+        def save_trained_delta(path):
+            # full: {params, delta}; otherwise the whole delta collection (a frozen head too)
+            tree = state.trainable if full else variables(full, state.trainable, frozen)["delta"]
+            save_delta(path, model, tree, run.base)
+
+        best = selection.Selection(workdir, selection_metric,
+                                   save_trained_delta if config.save_delta else None,
+                                   resume_step=start, enabled=process0)
+
+        # ---------------------------------------------------------------- 5. the loop
+        preemption = Preemption()
+        pending, since_log = [], []  # device metrics not yet checked; checked losses to average
+        last_saved = ckpt.latest_step()
+        log_clock, log_step = time.time(), start
+        eval_metrics = {}
+        bar = _progress(config, start, process0)
+
+        def check_pending():
+            """Fetch the metrics of the steps run since the last check; stop on NaN/inf."""
+            fetched = jax.device_get([m for _, m in pending])
+            for (step, _), m in zip(pending, fetched):
+                if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])
+                        and m["finite"]):
+                    ckpt.wait()
+                    kept = (f"the last good checkpoint (step {last_saved}) in "
+                            f"{ckpt.directory} is intact" if last_saved is not None
+                            else "no checkpoint had been saved")
+                    broken = "" if m["finite"] else ", updated Δh not finite"
+                    raise TrainingDiverged(
+                        f"training diverged at step {step}: loss {m['loss']}, grad norm "
+                        f"{m['grad_norm']}{broken}; stopped: {kept}; lower optim.lr "
+                        f"(now {config.optim.lr}) or check the data")
+                since_log.append(float(m["loss"]))
+            pending.clear()
+            return fetched[-1] if fetched else None
+
         for step in range(start + 1, config.total_steps + 1):
             state, metrics = train_step(state, frozen, global_batch(next(stream), mesh))
             pending.append((step, metrics))
@@ -178,6 +189,7 @@ def train(config, workdir: str, *, base=None,
             if do_eval:
                 eval_metrics = run_eval()
                 writer.write({"step": step, **{f"eval_{k}": v for k, v in eval_metrics.items()}})
+                best.update(step, eval_metrics)
             if do_save or stop:
                 save(step)
                 last_saved = step
@@ -191,60 +203,78 @@ def train(config, workdir: str, *, base=None,
                 return {"preempted": True, "step": step}
 
         # ------------------------------------------------------------ 6. final eval, results
-        if start < config.total_steps or not os.path.exists(os.path.join(workdir,
-                                                                          "results.json")):
-            eval_metrics = run_eval()
-            writer.write({"step": config.total_steps,
-                          **{f"eval_{k}": v for k, v in eval_metrics.items()}})
-        if start == config.total_steps and last_saved is None:
-            save(config.total_steps)
+        results_path = os.path.join(workdir, "results.json")
+        if start == config.total_steps and os.path.exists(results_path):
+            with open(results_path) as f:  # a finished run: nothing to do
+                return json.load(f)
+        eval_metrics = run_eval()
+        writer.write({"step": config.total_steps,
+                      **{f"eval_{k}": v for k, v in eval_metrics.items()}})
+        best.update(config.total_steps, eval_metrics)
         results = {"step": config.total_steps, "method": model.method.name,
                    "task": run.task.name, "base": config.base,
                    "random_init": bool(config.random_init), "trained_params": trained,
                    "base_params": base_size, "percent_trained": 100.0 * trained / base_size,
                    "wall_time_s": time.time() - wall_start,
-                   "eval": {k: v for k, v in eval_metrics.items()}}
+                   "eval": dict(eval_metrics), "best": best.best}
         if process0:
-            with open(os.path.join(workdir, "results.json"), "w") as f:
+            with open(results_path, "w") as f:
                 json.dump(results, f, indent=2)
             if config.save_delta:
-                tree = state.trainable
-                save_delta(os.path.join(workdir, "delta.safetensors"), model, tree, run.base)
+                save_trained_delta(os.path.join(workdir, "delta.safetensors"))
         return results
     finally:
-        bar.close()
-        preemption.restore()
+        if bar is not None:
+            bar.close()
+        if preemption is not None:
+            preemption.restore()
         ckpt.close()
         writer.close()
 
 
-def evaluate(config, workdir: str, *, base=None) -> dict:
-    """Eval metrics of the latest checkpoint in `workdir` on config.data.eval_split."""
+def evaluate(config, workdir: str, *, base=None, best: bool = False) -> dict:
+    """Eval metrics on config.data.eval_split of the latest checkpoint in `workdir`, or with
+    best=True of the Δh that model selection kept (WORKDIR/best/delta.safetensors)."""
     config = with_defaults(config)
     check_config(config)
     mesh = _setup_devices(config)
     run = build_run(config, base)
     eval_data = encode_split(run, config, config.data.eval_split)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-    try:
-        if ckpt.latest_step() is None:
-            raise ValueError(f"no checkpoint in {ckpt.directory}; train first with "
-                             f"unified-petl train --workdir {workdir}")
-        meta = ckpt.read_meta()
-        check_fingerprint(meta["fingerprint"], run.base, f"the checkpoint in {workdir}")
-        optimizer, _ = optim_lib.make_optimizer(config.optim, config.total_steps)
-        from unified_petl.build import init_delta
-
-        delta = init_delta(run.model, jax.random.key(config.seed), params=run.params)
-        trainable, frozen = split_trainable(run.full, run.params, delta)
-        state, meta = ckpt.restore(init_state(trainable, optimizer, config.seed, mesh))
-        metrics = _evaluate(make_eval_step(run.model, mesh), state.trainable,
-                            replicate(frozen, mesh), eval_data, run, config, mesh)
-    finally:
-        ckpt.close()
-    results = {"step": int(meta["step"]), "split": config.data.eval_split, "eval": metrics}
+    if best:
+        path = os.path.join(workdir, "best", "delta.safetensors")
+        if not os.path.isfile(path):
+            raise ValueError(f"no selected Δh at {path}; it is written by a training run "
+                             "with save_delta=true that evaluated at least once")
+        model, delta = load_delta(path, run.base)  # refuses another base
+        with open(os.path.join(workdir, "best", "best.json")) as f:
+            step = int(json.load(f)["step"])
+        run = dataclasses.replace(run, model=model)  # prefix MLPs ejected: another tree
+        # the stored tree is the whole trainable tree (full) or the whole delta collection
+        trainable, frozen = (delta, {}) if run.full else (delta, {"params": run.params,
+                                                                  "delta": {}})
+    else:
+        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+        try:
+            if ckpt.latest_step() is None:
+                raise ValueError(f"no checkpoint in {ckpt.directory}; train first with "
+                                 f"unified-petl train --workdir {workdir}")
+            meta = ckpt.read_meta()
+            check_fingerprint(meta["fingerprint"], run.base, f"the checkpoint in {workdir}")
+            optimizer, _ = optim_lib.make_optimizer(config.optim, config.total_steps)
+            delta = init_delta(run.model, jax.random.key(config.seed), params=run.params)
+            trainable, frozen = split_trainable(run.full, run.params, delta,
+                                                train_head=run.model.method.train_head)
+            state, meta = ckpt.restore(init_state(trainable, optimizer, config.seed, mesh))
+            trainable, step = state.trainable, int(meta["step"])
+        finally:
+            ckpt.close()
+    metrics = _evaluate(make_eval_step(run.model, mesh), replicate(trainable, mesh),
+                        replicate(frozen, mesh), eval_data, run, config, mesh)
+    results = {"step": step, "split": config.data.eval_split, "selected": best,
+               "eval": metrics}
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "eval_results.json"), "w") as f:
+        name = "eval_best_results.json" if best else "eval_results.json"
+        with open(os.path.join(workdir, name), "w") as f:
             json.dump(results, f, indent=2)
     return results
 
@@ -273,11 +303,10 @@ def _evaluate(eval_step, trainable, frozen, encoded, run, config, mesh) -> dict:
     if preds:
         result.update(metrics_lib.compute(run.task.metric, np.concatenate(preds),
                                           np.concatenate(labels), weights=np.concatenate(rows)))
-    if run.task.kind == "seq2seq" and config.get("generate") is not None:
+    if _decodes(run, config):
         # ROUGE / BLEU of beam-search output with the config's decoding settings (the
         # paper's model selection for XSum is ROUGE-2).
         from unified_petl.predict import predict_and_score
-        from unified_petl.train.step import variables
 
         scores, _ = predict_and_score(run.model, variables(run.full, trainable, frozen),
                                       run.task, encoded, run.base.tokenizer, run.base,
@@ -286,6 +315,26 @@ def _evaluate(eval_step, trainable, frozen, encoded, run, config, mesh) -> dict:
                                       buckets=tuple(config.data.buckets) or None)
         result.update(scores)
     return result
+
+
+def _decodes(run, config) -> bool:
+    """Whether evaluations decode and score text (seq2seq with eval.generate)."""
+    return run.task.kind == "seq2seq" and bool(config.eval.generate)
+
+
+def _train_stream(train_data, run, config, mesh, position: dict):
+    """The training batches from `position` ({epoch, position}): batch_size rows, or about
+    max_tokens tokens (rows a multiple of devices x grad_accum, so microbatches split)."""
+    from unified_petl.data import batches, token_budget_batches
+
+    common = dict(seed=config.seed, epoch_start=position["epoch"],
+                  position=position["position"], decoder_start_token_id=decoder_start(run),
+                  buckets=tuple(config.data.buckets) or None,
+                  process_index=jax.process_index(), process_count=jax.process_count())
+    if config.max_tokens:
+        return token_budget_batches(train_data, int(config.max_tokens),
+                                    multiple_of=mesh.size * int(config.grad_accum), **common)
+    return batches(train_data, batch_size=config.batch_size, **common)
 
 
 def _progress(config, start: int, enabled: bool):

@@ -4,6 +4,7 @@ Shared by `loop.train` and `loop.evaluate` so both build exactly the same model 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any, Optional
 
@@ -61,8 +62,9 @@ def build_run(config, base: Optional[Base] = None) -> Run:
     if task.kind == "classification":
         num_labels = int(config.model.num_labels) or task.num_labels
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-    model = build(base.config, config.method, num_labels=num_labels,
-                  pretrained_head=bool(config.model.pretrained_head), dtype=dtype)
+    model = build(overridden(base.config, config.get("base_overrides")), config.method, num_labels=num_labels,
+                  pretrained_head=bool(config.model.pretrained_head),
+                  pooling=str(config.model.pooling), dtype=dtype)
     if task.kind == "seq2seq" and not model.cfg.seq2seq:
         raise ValueError(f"task {task.name!r} is seq2seq but base {config.base} is an "
                          "encoder-only model; use a BART/mBART base")
@@ -70,6 +72,21 @@ def build_run(config, base: Optional[Base] = None) -> Run:
         raise ValueError(f"task {task.name!r} is classification; use an encoder-only base "
                          f"(RoBERTa/BERT), not {config.base}")
     return Run(base=base, task=task, model=model, params=frozen_params(base, model))
+
+
+def overridden(hf_config, overrides) -> Any:
+    """A copy of a transformers config with `overrides` (config.base_overrides) set; the
+    base itself is left alone (the demo shares one Base between runs)."""
+    if not overrides:
+        return hf_config
+    out = copy.deepcopy(hf_config)
+    for key, value in dict(overrides).items():
+        if not hasattr(hf_config, key):
+            raise ValueError(f"base_overrides.{key}: the {type(hf_config).__name__} of the base "
+                             f"has no attribute {key!r}; use one of its config.json keys, e.g. "
+                             "attention_dropout or dropout")
+        setattr(out, key, value)
+    return out
 
 
 def frozen_params(base: Base, model) -> Any:

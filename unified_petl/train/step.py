@@ -7,8 +7,10 @@ closed-over 400M-parameter tree would be baked into the program as constants), a
 gradient is taken with respect to the trainable tree only, so no gradient or optimiser state
 ever exists for a frozen weight.
 
-Trainable tree: Δh (the `delta` collection) for every method but "full"; for full
-fine-tuning {"params": base weights, "delta": the new head (or {})}, with frozen = {}.
+Trainable tree: Δh (the `delta` collection) for every method but "full", with frozen =
+{"params": base weights, "delta": {}}; a method with head=false (the reference code's frozen
+random head) moves the new head from the trainable Δh to frozen["delta"]. For full
+fine-tuning trainable = {"params": base weights, "delta": the new head (or {})}, frozen = {}.
 
 Batches (numpy on the host, this host's rows; see unified_petl.data.batching):
   classification: input_ids / attention_mask [/ token_type_ids] int32 [B, L], labels int32
@@ -78,18 +80,29 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
 
 
 # ----------------------------------------------------------------------------- trainable
-def split_trainable(full: bool, params: Any, delta: Any) -> tuple[Any, Any]:
-    """(trainable, frozen): (Δh, params), or for full fine-tuning ({params, delta}, {})."""
+def is_head(name: str) -> bool:
+    """Whether a top-level `delta` entry is a new task head (RobertaModel's HeadDense)."""
+    return name.startswith("classifier")
+
+
+def split_trainable(full: bool, params: Any, delta: Any, *, train_head: bool = True
+                    ) -> tuple[Any, Any]:
+    """(trainable, frozen) from the frozen base weights and the initial Δh (see the module
+    docstring); train_head=False keeps a new task head frozen at its random init."""
     if full:
         return {"params": params, "delta": delta}, {}
-    return delta, params
+    if train_head:
+        return delta, {"params": params, "delta": {}}
+    trainable = {k: v for k, v in delta.items() if not is_head(k)}
+    head = {k: v for k, v in delta.items() if is_head(k)}
+    return trainable, {"params": params, "delta": head}
 
 
 def variables(full: bool, trainable: Any, frozen: Any) -> dict[str, Any]:
     """The model's variable dict from the two trees (the inverse of split_trainable)."""
     if full:
         return {"params": trainable["params"], "delta": trainable["delta"]}
-    return {"params": frozen, "delta": trainable}
+    return {"params": frozen["params"], "delta": {**frozen["delta"], **trainable}}
 
 
 def init_state(trainable: Any, optimizer: optax.GradientTransformation, seed: int,
@@ -196,7 +209,8 @@ def make_train_step(model, optimizer: optax.GradientTransformation, mesh: Mesh, 
         trainable = optax.apply_updates(state.trainable, updates)
         # A finite loss can still produce an inf/NaN update (overflow); the trainer checks
         # this flag before every save so that no checkpoint ever holds a broken Δh.
-        finite = jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(trainable)]))
+        finite = jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(trainable)]
+                                   or [jnp.bool_(True)]))
         metrics = {"loss": loss, "nll": nll / denom,  # the aux nll is a sum
                    "finite": finite,
                    "grad_norm": optax.tree.norm(grads), "weight": weight,
