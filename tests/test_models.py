@@ -92,6 +92,17 @@ def test_real_minilm_matches_transformers():
     np.testing.assert_allclose(np.where(keep, out.last_hidden_state, 0), np.where(keep, ref, 0),
                                atol=TOL, rtol=0)
 
+    # pooling="mean": the head reads sentence-transformers' embedding (the masked mean)
+    model = up.build(base.config, "none", num_labels=2, pooling="mean")
+    delta = up.init_delta(model, jax.random.key(0), batch, params=base.params)
+    logits = model.apply({"params": base.params, "delta": delta}, **batch).logits
+    sentence = (ref * keep).sum(1) / keep.sum(1)
+    expected = sentence @ np.asarray(delta["classifier"]["kernel"]) + np.asarray(
+        delta["classifier"]["bias"])
+    np.testing.assert_allclose(logits, expected, atol=TOL, rtol=0)
+    with pytest.raises(ValueError, match="pooling='mean' needs a new head"):
+        up.build(base.config, "none", num_labels=2, pooling="mean", pretrained_head=True)
+
 
 def test_dropout_only_when_not_deterministic(tiny_checkpoint):
     base = up.load_pretrained(tiny_checkpoint("roberta"))

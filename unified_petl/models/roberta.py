@@ -93,12 +93,16 @@ class RobertaModel(nn.Module):
     __call__(input_ids [B, L], attention_mask [B, L], token_type_ids [B, L] | None,
     deterministic) -> EncoderOutput(logits [B, num_labels] | None, last_hidden_state [B, L, d]).
     num_labels=0: no head. pretrained_head: the head's weights come from the checkpoint.
+    pooling: what the head reads: "cls" (the first token, as transformers' heads) or "mean"
+    (the mean over real tokens, as sentence-transformers trains its encoders; BERT's
+    CLS pooler is then skipped and the head is one new linear layer).
     """
 
     cfg: ArchConfig
     method: Method = Method()
     num_labels: int = 0
     pretrained_head: bool = False
+    pooling: str = "cls"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -115,7 +119,7 @@ class RobertaModel(nn.Module):
         for i in range(cfg.encoder_layers):
             h = EncoderLayer(cfg, method, self.dtype, name=f"encoder_layer_{i}")(
                 h, bias, None if prefixes is None else prefixes[i], deterministic)
-        logits = self._head(h, deterministic) if self.num_labels else None
+        logits = self._head(h, attention_mask, deterministic) if self.num_labels else None
         return EncoderOutput(logits=logits, last_hidden_state=h)
 
     def _embed(self, input_ids, token_type_ids, deterministic):
@@ -135,9 +139,14 @@ class RobertaModel(nn.Module):
         h = LayerNorm(cfg.layer_norm_eps, method, name="embeddings_LayerNorm")(h)
         return nn.Dropout(cfg.dropout)(h, deterministic=deterministic).astype(self.dtype)
 
-    def _head(self, h, deterministic):
+    def _head(self, h, attention_mask, deterministic):
         cfg = self.cfg
         drop = lambda x: nn.Dropout(cfg.classifier_dropout)(x, deterministic=deterministic)
+        if self.pooling == "mean":
+            mask = attention_mask.astype(jnp.float32)[..., None]  # [B, L, 1]
+            mean = (h.astype(jnp.float32) * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
+            return HeadDense(self.num_labels, self.pretrained_head, name="classifier")(
+                drop(mean))
         first = h[:, 0].astype(jnp.float32)
         if cfg.kind == "bert":  # the pooler is part of the pretrained body
             pooled = jnp.tanh(Dense(cfg.d_model, self.method, name="pooler_dense")(first))

@@ -106,7 +106,8 @@ def _method_of(model_or_method) -> tuple[Method, Optional[dict]]:
         return parse_method(model_or_method), None
     method = model_or_method.method
     build = {"num_labels": int(getattr(model_or_method, "num_labels", 0) or 0),
-             "pretrained_head": bool(getattr(model_or_method, "pretrained_head", False))}
+             "pretrained_head": bool(getattr(model_or_method, "pretrained_head", False)),
+             "pooling": str(getattr(model_or_method, "pooling", "cls"))}
     return method, build
 
 
@@ -170,5 +171,6 @@ def load_delta(path: str, base, *, dtype=None):
 
     kwargs = {} if dtype is None else {"dtype": dtype}
     model = build_model(base.config, method, num_labels=build["num_labels"],
-                        pretrained_head=build["pretrained_head"], **kwargs)
+                        pretrained_head=build["pretrained_head"],
+                        pooling=build.get("pooling", "cls"), **kwargs)
     return model, delta
