@@ -26,7 +26,11 @@ def test_demo_split_by_word_and_balanced(demo):
         assert set(labels) == {0, 1}
         assert abs(labels.mean() - 0.5) < 0.05
         assert all(w in t for w, t in zip(split["word"], split["text"]))
-    assert 2000 <= len(train) <= 4000 and len(test) >= 400
+    # every word with |valence| >= 1, 20 % of the words held out; 3 templates per train
+    # word, 1 per test word
+    n_train, n_test = len(set(train["word"])), len(set(test["word"]))
+    assert len(train) == 3 * n_train and len(test) == n_test >= 900
+    assert 0.19 <= n_test / (n_train + n_test) <= 0.21
 
 
 def test_demo_deterministic_in_seed(demo):
@@ -36,8 +40,9 @@ def test_demo_deterministic_in_seed(demo):
 
 
 def test_demo_sizes_are_parameters():
-    small = demo_task(seed=0, words_per_class=50, templates_per_word=2, test_fraction=0.2)
-    assert len(small["train"]) == 2 * 40 * 2 and len(small["test"]) == 2 * 10 * 2
+    small = demo_task(seed=0, words_per_class=50, templates_per_word=2, test_fraction=0.2,
+                      test_templates_per_word=3)
+    assert len(small["train"]) == 2 * 40 * 2 and len(small["test"]) == 2 * 10 * 3
     with pytest.raises(ValueError, match="test_fraction"):
         demo_task(test_fraction=1.5)
 

@@ -1,0 +1,57 @@
+"""The demo configs: each loads, passes the trainer's checks, and stays within its budget.
+
+The demo itself (make demo, minutes of CPU) is not run here; its numbers are in the README.
+"""
+import os
+
+import pytest
+
+from unified_petl import demo
+from unified_petl.train.config import REQUIRED, check_config, load_config, with_defaults
+
+NAMES = demo.available()
+
+
+def test_demo_has_the_methods_of_the_issue():
+    assert {"mam", "lora", "pa", "prefix", "bitfit", "full", "control"} <= set(NAMES)
+    assert set(demo.DEFAULT_METHODS) <= set(NAMES)
+    assert "demo_common" not in NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_demo_config_loads(name):
+    path = os.path.join(demo.CONFIG_DIR, f"{name}.py")
+    config = load_config(path)
+    assert all(key in config for key in REQUIRED)
+    check_config(with_defaults(config))
+    assert config.task == "demo" and os.path.isdir(config.base)
+    assert config.random_init == (name == "control")
+    with open(path) as f:
+        assert f"unified-petl train --config configs/demo/{name}.py" in f.read()
+
+
+@pytest.mark.parametrize("name", ["mam", "lora"])
+def test_petl_budget_is_under_two_percent(name):
+    import transformers
+
+    from unified_petl.delta.budget import count
+
+    config = load_config(os.path.join(demo.CONFIG_DIR, f"{name}.py"))
+    result = count(transformers.AutoConfig.from_pretrained(config.base), config.method,
+                   num_labels=2)
+    assert 0 < result["percent_trained"] <= 2.0, result["percent_trained"]
+
+
+def test_table_format():
+    rows = [{"name": "mam", "method": "mam(l=16, r=16, s=2, mlp=False)", "percent": 0.66,
+             "accuracy": 0.923, "seconds": 61.0}]
+    table = demo.format_table(rows)
+    assert "held-out acc" in table and "0.923" in table and "0.66%" in table
+
+
+def test_workers_share_the_methods_and_keep_control_with_mam():
+    assert demo.groups(["mam", "control", "lora", "full"], 2) == [["mam", "control"],
+                                                                  ["lora", "full"]]
+    parts = demo.groups(["lora", "full", "pa"], 2)
+    assert sorted(sum(parts, [])) == ["full", "lora", "pa"] and len(parts) == 2
+    assert demo.groups(["mam"], 4) == [["mam"]]
