@@ -4,6 +4,7 @@
     python bench/step_time.py --arch bart-base --method "mam(l=16,r=16,s=2)" --batch 4 \
         --seq 256 --tgt 64 --json
     python bench/step_time.py --arch roberta-base --method "lora(r=16)" --peft --json  # HF PEFT
+    python bench/step_time.py --arch roberta-base --method "lora(r=16)" --with-peft --json  # both
 
 The model is randomly initialised from the shipped config (configs/models/<arch>/config.json),
 so no weights are needed; speed does not depend on the values. The step is the project's own
@@ -58,6 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--no-dropout", action="store_true", help="set every dropout to 0")
     p.add_argument("--peft", action="store_true",
                    help="time HF PEFT in PyTorch instead (LoRA/bitfit/prefix/full; needs peft)")
+    p.add_argument("--with-peft", action="store_true",
+                   help="time ours, then HF PEFT on the same shapes, then print their ratio")
     p.add_argument("--threads", type=int, default=0, help="torch threads for --peft (0: default)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p.parse_args(argv)
@@ -325,13 +328,21 @@ def main(argv=None):
         jax.config.update("jax_default_prng_impl", args.prng)
     base_cache: dict = {}
     for method in methods:
-        result = bench_peft(args, method) if args.peft else bench_jax(args, method, base_cache)
-        if args.json:
-            print(json.dumps(result), flush=True)
-        else:
-            for k, v in result.items():
-                print(f"{k:>18}: {v}")
-            print(flush=True)
+        results = [] if args.peft else [bench_jax(args, method, base_cache)]
+        if args.peft or args.with_peft:
+            results.append(bench_peft(args, method))
+        if len(results) == 2:
+            ours, theirs = results
+            results.append({"compare": method, "ours_step_s": ours["step_s"],
+                            "peft_step_s": theirs["step_s"],
+                            "ours_over_peft": ours["step_s"] / theirs["step_s"]})
+        for result in results:
+            if args.json:
+                print(json.dumps(result), flush=True)
+            else:
+                for k, v in result.items():
+                    print(f"{k:>18}: {v}")
+                print(flush=True)
 
 
 if __name__ == "__main__":
