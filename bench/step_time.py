@@ -293,7 +293,7 @@ def bench_peft(args, method: str) -> dict:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(out.loss)
+        return float(out.loss.detach())
 
     for _ in range(max(args.warmup, 1)):
         one()
