@@ -77,6 +77,24 @@ def test_prefix_concat_equals_gated_heads(kind, tiny_checkpoint):
     assert np.abs(np.asarray(ungated) - np.asarray(gated)).max() > 1e-4
 
 
+def test_gated_prefix_attention_dropout_is_unbiased():
+    """The explicit gated form drops attention probabilities like the concatenated form: the
+    output changes with the dropout key, and its mean over keys is the deterministic output
+    (the attention output is linear in the probabilities)."""
+    from unified_petl.delta.prefix import gated_prefix_attention
+
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 3, 2, 4)) for i in range(3))
+    p_k, p_v = (jax.random.normal(jax.random.key(i), (5, 2, 4)) for i in (3, 4))
+    bias = jnp.zeros((2, 1, 3, 3))
+    exact, lam = gated_prefix_attention(q, k, v, bias, p_k, p_v, scale=0.5)
+    sample = jax.vmap(lambda key: gated_prefix_attention(q, k, v, bias, p_k, p_v, scale=0.5,
+                                                         dropout_rng=key, dropout=0.3)[0])
+    outs = sample(jax.random.split(jax.random.key(9), 20000))
+    assert float(jnp.abs(outs[0] - exact).max()) > 1e-2
+    np.testing.assert_allclose(outs.mean(0), exact, atol=0.03)
+    assert 0.0 < float(lam.min()) and float(lam.max()) < 1.0
+
+
 def _loss(model, params, batch):
     """Squared distance to a fixed random target (a LayerNorm output has a constant norm)."""
     def fn(delta):
@@ -104,7 +122,7 @@ def test_each_preset_changes_outputs_only_through_its_own_variables(kind, method
     @jax.jit
     def step(delta):  # one program: gradient, a step, the loss before and after
         loss, grads = jax.value_and_grad(loss_fn)(delta)
-        norm = optax.global_norm(grads)  # a unit-length step, whatever the gradient scale
+        norm = optax.tree.norm(grads)  # a unit-length step, whatever the gradient scale
         stepped = jax.tree_util.tree_map(lambda d, g: d - g / norm, delta, grads)
         return loss, grads, loss_fn(stepped)
 

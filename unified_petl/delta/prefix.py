@@ -66,19 +66,29 @@ def split_heads(prefix: jax.Array, n_heads: int) -> tuple[jax.Array, jax.Array]:
     return kv[0], kv[1]
 
 
-def gated_prefix_attention(q, k, v, bias, p_k, p_v, *, scale: float, gate: bool = True):
+def gated_prefix_attention(q, k, v, bias, p_k, p_v, *, scale: float, gate: bool = True,
+                           dropout_rng=None, dropout: float = 0.0):
     """Explicit form of prefix attention for one layer.
 
     q [B, T, H, d_h], k/v [B, S, H, d_h], bias [B, 1|H, T, S] additive mask, p_k/p_v [l, H, d_h].
     Returns (heads [B, T, H, d_h], λ [B, H, T]). With gate=False the prefix term is added
-    without λ (the paper's "-gating" ablation).
+    without λ (the paper's "-gating" ablation). dropout_rng: attention-probability dropout
+    of rate `dropout` on both softmaxes (as the concatenated form drops entries of its one
+    softmax); λ itself is not dropped.
     """
     logits = jnp.einsum("bthd,bshd->bhts", q, k) * scale + bias
     p_logits = jnp.einsum("bthd,lhd->bhtl", q, p_k) * scale
     lse = jax.nn.logsumexp(logits, axis=-1)
     p_lse = jax.nn.logsumexp(p_logits, axis=-1)
-    attn = jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(logits, -1), v)
-    p_attn = jnp.einsum("bhtl,lhd->bthd", jax.nn.softmax(p_logits, -1), p_v)
+    probs, p_probs = jax.nn.softmax(logits, -1), jax.nn.softmax(p_logits, -1)
+    if dropout_rng is not None and dropout > 0.0:
+        key, p_key = jax.random.split(dropout_rng)
+        probs = jnp.where(jax.random.bernoulli(key, 1.0 - dropout, probs.shape),
+                          probs / (1.0 - dropout), 0.0)
+        p_probs = jnp.where(jax.random.bernoulli(p_key, 1.0 - dropout, p_probs.shape),
+                            p_probs / (1.0 - dropout), 0.0)
+    attn = jnp.einsum("bhts,bshd->bthd", probs, v)
+    p_attn = jnp.einsum("bhtl,lhd->bthd", p_probs, p_v)
     lam = jax.nn.sigmoid(p_lse - lse)  # Σexp(P) / (Σexp(P) + Σexp(K))
     if not gate:
         return attn + p_attn, lam

@@ -155,10 +155,11 @@ class Attention(nn.Module):
         prefix_term = self.method.prefix
         explicit = prefix is not None and (prefix_term.explicit_gate
                                            or prefix_term.composition == "add")
-        if explicit:  # the gated form term by term (no attention-probability dropout)
+        if explicit:  # the gated form term by term
             p_k, p_v = split_heads(prefix.astype(q.dtype), heads)
             out, lam = gated_prefix_attention(qa, k, v, bias, p_k, p_v, scale=scale,
-                                              gate=prefix_term.composition == "gated")
+                                              gate=prefix_term.composition == "gated",
+                                              dropout_rng=dropout_rng, dropout=self.dropout)
             self.sow("intermediates", "prefix_gate", lam)
         else:
             if prefix is not None:  # concatenation: K <- [P_k; K], V <- [P_v; V]
