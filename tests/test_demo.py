@@ -1,7 +1,8 @@
-"""The demo configs: each loads, passes the trainer's checks, and stays within its budget.
-
-The demo itself (make demo, minutes of CPU) is not run here; its numbers are in the README.
+"""The demo configs: each loads, passes the trainer's checks, and stays within its budget;
+and the demo's runner end to end in miniature (3 steps). The measured demo (make demo, about
+five minutes of CPU) is not run here; its numbers are in the README.
 """
+import json
 import os
 
 import pytest
@@ -55,3 +56,19 @@ def test_workers_share_the_methods_and_keep_control_with_mam():
     parts = demo.groups(["lora", "full", "pa"], 2)
     assert sorted(sum(parts, [])) == ["full", "lora", "pa"] and len(parts) == 2
     assert demo.groups(["mam"], 4) == [["mam"]]
+
+
+def test_demo_runs_end_to_end_in_two_workers(tmp_path, capsys):
+    """`make demo` in miniature: LoRA and the control for 3 steps each, in two worker
+    processes on the real MiniLM; the table has both rows in order with sane values."""
+    demo.main(["--methods", "lora,control", "--steps", "3", "--jobs", "2",
+               "--workdir", str(tmp_path)])
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith(("lora", "control"))]
+    assert [line.split()[0] for line in lines] == ["lora", "control"]
+    for name in ("lora", "control"):
+        with open(tmp_path / name / "results.json") as f:
+            results = json.load(f)
+        assert results["step"] == 3 and 0.0 <= results["eval"]["accuracy"] <= 100.0
+        assert results["random_init"] == (name == "control")
+        assert 0 < results["percent_trained"] <= 2.0

@@ -49,8 +49,9 @@ def available() -> list[str]:
                   and not f.endswith("_common.py"))
 
 
-def run(names, workdir: str) -> list[dict]:
-    """Train each named demo config in workdir/<name>; one result row per method."""
+def run(names, workdir: str, steps: int = 0) -> list[dict]:
+    """Train each named demo config in workdir/<name>; one result row per method.
+    steps > 0 replaces the configs' total_steps (a quick look, not the measured demo)."""
     import unified_petl as up
     from unified_petl.train.config import load_config
     from unified_petl.train.loop import train
@@ -66,6 +67,8 @@ def run(names, workdir: str) -> list[dict]:
     for name in names:
         config = load_config(os.path.join(CONFIG_DIR, f"{name}.py"))
         config.progress = sys.stderr.isatty()
+        if steps:
+            config.total_steps = steps
         print(f"--- {name}: {config.method}{' (random init)' if config.random_init else ''}",
               file=sys.stderr, flush=True)
         start = time.time()
@@ -88,7 +91,7 @@ def groups(names: list[str], jobs: int) -> list[list[str]]:
     return [g for g in out if g]
 
 
-def run_parallel(names: list[str], workdir: str, jobs: int) -> list[dict]:
+def run_parallel(names: list[str], workdir: str, jobs: int, steps: int = 0) -> list[dict]:
     """`run` in `jobs` worker processes, each on its own CPU cores; rows in names' order."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     parts = groups(names, jobs)
@@ -103,7 +106,7 @@ def run_parallel(names: list[str], workdir: str, jobs: int) -> list[dict]:
                 env["XLA_FLAGS"] = flags.strip()
         out = os.path.join(workdir, f"rows_{i}.json")
         cmd = [sys.executable, "-m", "unified_petl.demo", "--methods", ",".join(part),
-               "--workdir", workdir, "--jobs", "1", "--rows", out]
+               "--workdir", workdir, "--jobs", "1", "--rows", out, "--steps", str(steps)]
         workers.append((subprocess.Popen(cmd, env=env), out, part))
     rows, failed = {}, []
     for proc, out, part in workers:
@@ -135,10 +138,12 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", default=None, help="where runs go (default: a temp dir)")
     parser.add_argument("--jobs", type=int, default=2,
                         help="worker processes, each on its share of the cores (1: this one)")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="train this many steps instead of the configs' (a quick look)")
     parser.add_argument("--rows", default=None, help=argparse.SUPPRESS)  # a worker's output
     args = parser.parse_args(argv)
-    if args.jobs < 1:
-        parser.error(f"--jobs={args.jobs} must be >= 1")
+    if args.jobs < 1 or args.steps < 0:
+        parser.error(f"--jobs={args.jobs} must be >= 1 and --steps={args.steps} >= 0")
     names = available() if args.methods == "all" else [m.strip() for m in
                                                          args.methods.split(",") if m.strip()]
     unknown = [n for n in names if n not in available()]
@@ -153,9 +158,9 @@ def main(argv=None) -> None:
     total = time.time()
     workdir = args.workdir or tempfile.mkdtemp(prefix="unified_petl_demo_")
     if args.jobs > 1 and len(names) > 1:
-        rows = run_parallel(names, workdir, args.jobs)
+        rows = run_parallel(names, workdir, args.jobs, args.steps)
     else:
-        rows = run(names, workdir)
+        rows = run(names, workdir, args.steps)
     if args.rows:
         with open(args.rows, "w") as f:
             json.dump(rows, f)
