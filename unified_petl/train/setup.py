@@ -62,8 +62,8 @@ def build_run(config, base: Optional[Base] = None) -> Run:
     if task.kind == "classification":
         num_labels = int(config.model.num_labels) or task.num_labels
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-    model = build(overridden(base.config, config.get("base_overrides")), config.method, num_labels=num_labels,
-                  pretrained_head=bool(config.model.pretrained_head),
+    model = build(overridden(base.config, config.get("base_overrides")), config.method,
+                  num_labels=num_labels, pretrained_head=bool(config.model.pretrained_head),
                   pooling=str(config.model.pooling), dtype=dtype)
     if task.kind == "seq2seq" and not model.cfg.seq2seq:
         raise ValueError(f"task {task.name!r} is seq2seq but base {config.base} is an "
