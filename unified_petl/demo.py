@@ -152,14 +152,14 @@ def main(argv=None) -> None:
     cpus = os.environ.get("UNIFIED_PETL_DEMO_CPUS")
     if cpus and hasattr(os, "sched_setaffinity"):  # a worker: before jax starts its threads
         os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
-    from unified_petl.cli import quiet_libraries
-
-    quiet_libraries()
     total = time.time()
     workdir = args.workdir or tempfile.mkdtemp(prefix="unified_petl_demo_")
-    if args.jobs > 1 and len(names) > 1:
+    if args.jobs > 1 and len(names) > 1:  # the workers import what they need themselves
         rows = run_parallel(names, workdir, args.jobs, args.steps)
     else:
+        from unified_petl.cli import quiet_libraries
+
+        quiet_libraries()
         rows = run(names, workdir, args.steps)
     if args.rows:
         with open(args.rows, "w") as f:
