@@ -17,7 +17,6 @@ timed calls: must be 0), load.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -27,6 +26,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+from step_time import print_result  # noqa: E402  (bench/ is this script's folder)
 
 
 def parse_args(argv=None):
@@ -124,13 +124,7 @@ def main(argv=None):
     args = parse_args(argv)
     base_cache: dict = {}
     for method in args.method or ["mam(l=16,r=16,s=2)"]:
-        result = bench(args, method, base_cache)
-        if args.json:
-            print(json.dumps(result), flush=True)
-        else:
-            for k, v in result.items():
-                print(f"{k:>18}: {v}")
-            print(flush=True)
+        print_result(bench(args, method, base_cache), args.json)
 
 
 if __name__ == "__main__":

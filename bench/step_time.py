@@ -337,12 +337,17 @@ def main(argv=None):
                             "peft_step_s": theirs["step_s"],
                             "ours_over_peft": ours["step_s"] / theirs["step_s"]})
         for result in results:
-            if args.json:
-                print(json.dumps(result), flush=True)
-            else:
-                for k, v in result.items():
-                    print(f"{k:>18}: {v}")
-                print(flush=True)
+            print_result(result, args.json)
+
+
+def print_result(result: dict, as_json: bool) -> None:
+    """One JSON line, or one `key: value` line per field and a blank line."""
+    if as_json:
+        print(json.dumps(result), flush=True)
+        return
+    for k, v in result.items():
+        print(f"{k:>18}: {v}")
+    print(flush=True)
 
 
 if __name__ == "__main__":
