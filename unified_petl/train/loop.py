@@ -241,13 +241,9 @@ def evaluate(config, workdir: str, *, base=None, best: bool = False) -> dict:
     run = build_run(config, base)
     eval_data = encode_split(run, config, config.data.eval_split)
     if best:
-        path = os.path.join(workdir, "best", "delta.safetensors")
-        if not os.path.isfile(path):
-            raise ValueError(f"no selected Δh at {path}; it is written by a training run "
-                             "with save_delta=true that evaluated at least once")
+        path, record = selection.selected(workdir)
         model, delta = load_delta(path, run.base)  # refuses another base
-        with open(os.path.join(workdir, "best", "best.json")) as f:
-            step = int(json.load(f)["step"])
+        step = int(record["step"])
         run = dataclasses.replace(run, model=model)  # prefix MLPs ejected: another tree
         # the stored tree is the whole trainable tree (full) or the whole delta collection
         trainable, frozen = (delta, {}) if run.full else (delta, {"params": run.params,

@@ -17,6 +17,9 @@ import math
 import os
 from typing import Callable, Optional
 
+# WORKDIR/best/ holds the selected Δh and its record.
+FOLDER, DELTA_FILE, RECORD_FILE = "best", "delta.safetensors", "best.json"
+
 # The metric keys an evaluation reports besides "loss", per task metric (evaluate.compute).
 METRIC_KEYS = {"accuracy": ("accuracy",), "rouge": ("rouge1", "rouge2", "rougeLsum"),
                "bleu": ("bleu",)}
@@ -44,6 +47,17 @@ def resolve(task, selection: str, generate: bool) -> str:
     return selection
 
 
+def selected(workdir: str) -> tuple[str, dict]:
+    """(path of the selected Δh file, its record {step, metric, value}) of a run in workdir."""
+    folder = os.path.join(workdir, FOLDER)
+    path = os.path.join(folder, DELTA_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"no selected Δh at {path}; it is written by a training run "
+                         "with save_delta=true that evaluated at least once")
+    with open(os.path.join(folder, RECORD_FILE)) as f:
+        return path, json.load(f)
+
+
 def greater_is_better(metric: str) -> bool:
     return metric != "loss"
 
@@ -53,12 +67,12 @@ class Selection:
 
     def __init__(self, workdir: str, metric: str, save: Optional[Callable[[str], None]], *,
                  resume_step: int = 0, enabled: bool = True):
-        self.folder = os.path.join(workdir, "best")
+        self.folder = os.path.join(workdir, FOLDER)
         self.metric, self.save_fn, self.enabled = metric, save, enabled
         self.best: Optional[dict] = None
-        record = os.path.join(self.folder, "best.json")
-        if os.path.isfile(record):
-            with open(record) as f:
+        self.record = os.path.join(self.folder, RECORD_FILE)
+        if os.path.isfile(self.record):
+            with open(self.record) as f:
                 best = json.load(f)
             if best.get("metric") == metric and int(best["step"]) <= resume_step:
                 self.best = best
@@ -81,9 +95,8 @@ class Selection:
         if self.enabled:
             os.makedirs(self.folder, exist_ok=True)
             if self.save_fn is not None:
-                self.save_fn(os.path.join(self.folder, "delta.safetensors"))
-            tmp = os.path.join(self.folder, "best.json.tmp")
-            with open(tmp, "w") as f:
+                self.save_fn(os.path.join(self.folder, DELTA_FILE))
+            with open(self.record + ".tmp", "w") as f:
                 json.dump(self.best, f, indent=2)
-            os.replace(tmp, os.path.join(self.folder, "best.json"))
+            os.replace(self.record + ".tmp", self.record)
         return True
