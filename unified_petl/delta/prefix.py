@@ -66,6 +66,12 @@ def split_heads(prefix: jax.Array, n_heads: int) -> tuple[jax.Array, jax.Array]:
     return kv[0], kv[1]
 
 
+def drop_probabilities(probs: jax.Array, rng: jax.Array, rate: float) -> jax.Array:
+    """Attention-probability dropout: each entry kept with probability 1 - rate, rescaled."""
+    keep = jax.random.bernoulli(rng, 1.0 - rate, probs.shape)
+    return jnp.where(keep, probs / (1.0 - rate), 0.0)
+
+
 def gated_prefix_attention(q, k, v, bias, p_k, p_v, *, scale: float, gate: bool = True,
                            dropout_rng=None, dropout: float = 0.0):
     """Explicit form of prefix attention for one layer.
@@ -83,10 +89,8 @@ def gated_prefix_attention(q, k, v, bias, p_k, p_v, *, scale: float, gate: bool 
     probs, p_probs = jax.nn.softmax(logits, -1), jax.nn.softmax(p_logits, -1)
     if dropout_rng is not None and dropout > 0.0:
         key, p_key = jax.random.split(dropout_rng)
-        probs = jnp.where(jax.random.bernoulli(key, 1.0 - dropout, probs.shape),
-                          probs / (1.0 - dropout), 0.0)
-        p_probs = jnp.where(jax.random.bernoulli(p_key, 1.0 - dropout, p_probs.shape),
-                            p_probs / (1.0 - dropout), 0.0)
+        probs = drop_probabilities(probs, key, dropout)
+        p_probs = drop_probabilities(p_probs, p_key, dropout)
     attn = jnp.einsum("bhts,bshd->bthd", probs, v)
     p_attn = jnp.einsum("bhtl,lhd->bthd", p_probs, p_v)
     lam = jax.nn.sigmoid(p_lse - lse)  # Σexp(P) / (Σexp(P) + Σexp(K))

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from unified_petl.delta.adapter import Adapter, MultiHeadAdapter
 from unified_petl.delta.lora import lora_delta
-from unified_petl.delta.prefix import gated_prefix_attention, split_heads
+from unified_petl.delta.prefix import drop_probabilities, gated_prefix_attention, split_heads
 from unified_petl.delta.spec import Method
 from unified_petl.delta.variables import frozen_param, normal, ones, zeros
 
@@ -216,8 +216,7 @@ class Attention(nn.Module):
         logits = jnp.einsum("bthd,bshd->bhts", q, k).astype(jnp.float32) * scale + bias
         probs = jax.nn.softmax(logits, axis=-1)
         if dropout_rng is not None:
-            keep = jax.random.bernoulli(dropout_rng, 1.0 - self.dropout, probs.shape)
-            probs = jnp.where(keep, probs / (1.0 - self.dropout), 0.0)
+            probs = drop_probabilities(probs, dropout_rng, self.dropout)
         return jnp.einsum("bhts,bshd->bthd", probs.astype(v.dtype), v)
 
     def _cross_cache(self, kv, split, d, deterministic):
