@@ -246,8 +246,8 @@ def evaluate(config, workdir: str, *, base=None, best: bool = False) -> dict:
         step = int(record["step"])
         run = dataclasses.replace(run, model=model)  # prefix MLPs ejected: another tree
         # the stored tree is the whole trainable tree (full) or the whole delta collection
-        trainable, frozen = (delta, {}) if run.full else (delta, {"params": run.params,
-                                                                  "delta": {}})
+        trainable, frozen = (delta, {}) if run.full else split_trainable(False, run.params,
+                                                                         delta)
     else:
         ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
         try:
