@@ -21,7 +21,8 @@ def build(config: Any, method: "str | Method" = "none", *, num_labels: Optional[
     labels (None: the checkpoint's head if its architecture has one, else no head).
     pretrained_head: the head's weights come from the checkpoint (frozen `params`) rather than
     being new (`delta`). pooling: what an encoder's head reads, "cls" (the first token) or
-    "mean" (masked mean, for sentence-transformers bases). dtype: compute dtype (bf16 for speed; weights and Δh stay fp32).
+    "mean" (masked mean, for sentence-transformers bases). dtype: compute dtype (bf16 for
+    speed; weights and Δh stay fp32).
     decode: (m)BART decoder with a KV cache, for generation.
     """
     from unified_petl.models.bart import BartForConditionalGeneration

@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                      "unified view (He et al., ICLR 2022) in JAX/Flax.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, text in (("train", "train a Δh (resumes from the workdir)"),
-                       ("eval", "evaluate the latest checkpoint (or --best: the selected Δh) of a workdir")):
+                       ("eval", "evaluate the latest checkpoint (or --best: the selected Δh) "
+                                "of a workdir")):
         p = sub.add_parser(name, help=text, description=text + ". Override any config key "
                            "with --config.KEY=VALUE (e.g. --config.optim.lr=1e-4).")
         p.add_argument("--config", required=True, help="config file (path.py or path.py:arg)")
