@@ -37,7 +37,7 @@ def test_selection_metric_is_checked_against_what_the_run_computes():
     assert selection.resolve(sst2, "", generate=False) == "accuracy"
     with pytest.raises(ValueError, match="eval.generate=true"):
         selection.resolve(xsum, "rouge2", generate=False)
-    with pytest.raises(ValueError, match="use one of loss, accuracy"):
+    with pytest.raises(ValueError, match="use one of loss, loss_smoothed, accuracy"):
         selection.resolve(sst2, "rouge2", generate=False)
 
 

@@ -283,6 +283,7 @@ def _evaluate(eval_step, trainable, frozen, encoded, run, config, mesh) -> dict:
     from unified_petl.data import eval_batches
 
     nll, weight, preds, labels, rows = 0.0, 0.0, [], [], []
+    uniform = 0.0  # Σ w·mean_vocab(-log p): with nll, the label-smoothed loss
     for local in eval_batches(encoded, batch_size=_eval_batch_size(config, mesh),
                               decoder_start_token_id=decoder_start(run),
                               buckets=tuple(config.data.buckets) or None,
@@ -290,12 +291,15 @@ def _evaluate(eval_step, trainable, frozen, encoded, run, config, mesh) -> dict:
                               process_count=jax.process_count()):
         out = eval_step(trainable, frozen, global_batch(local, mesh))
         nll += float(out["nll_sum"])
+        uniform += float(out["uniform_sum"])
         weight += float(out["weight"])
         if "pred" in out:
             preds.append(gather(out["pred"]))
             labels.append(gather(out["labels"]))
             rows.append(gather(out["weight_rows"]))
     result = {"loss": nll / max(weight, 1.0)}
+    eps = float(config.label_smoothing)  # loss_smoothed: the reference's en-ro selection metric
+    result["loss_smoothed"] = ((1.0 - eps) * nll + eps * uniform) / max(weight, 1.0)
     if preds:
         result.update(metrics_lib.compute(run.task.metric, np.concatenate(preds),
                                           np.concatenate(labels), weights=np.concatenate(rows)))

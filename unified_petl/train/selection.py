@@ -20,17 +20,22 @@ from typing import Callable, Optional
 # WORKDIR/best/ holds the selected Δh and its record.
 FOLDER, DELTA_FILE, RECORD_FILE = "best", "delta.safetensors", "best.json"
 
-# The metric keys an evaluation reports besides "loss", per task metric (evaluate.compute).
+# Every evaluation reports "loss" (NLL per target token or example) and "loss_smoothed" (the
+# same with the config's label_smoothing ε: (1-ε)·NLL + ε·mean_vocab(-log p), the reference's
+# en-ro selection metric); lowest is best for both.
+LOSS_KEYS = ("loss", "loss_smoothed")
+
+# The metric keys an evaluation reports besides the losses, per task metric (evaluate.compute).
 METRIC_KEYS = {"accuracy": ("accuracy",), "rouge": ("rouge1", "rouge2", "rougeLsum"),
                "bleu": ("bleu",)}
 
 
 def available_metrics(task, generate: bool) -> tuple[str, ...]:
-    """The keys an evaluation of `task` reports that can select: loss, and the task metric
-    (classification always; seq2seq only when eval.generate decodes)."""
+    """The keys an evaluation of `task` reports that can select: loss, loss_smoothed, and the
+    task metric (classification always; seq2seq only when eval.generate decodes)."""
     if task.kind == "classification" or generate:
-        return ("loss",) + METRIC_KEYS[task.metric]
-    return ("loss",)
+        return LOSS_KEYS + METRIC_KEYS[task.metric]
+    return LOSS_KEYS
 
 
 def resolve(task, selection: str, generate: bool) -> str:
@@ -59,7 +64,8 @@ def selected(workdir: str) -> tuple[str, dict]:
 
 
 def greater_is_better(metric: str) -> bool:
-    return metric != "loss"
+    """False for the losses (lowest is best), True for accuracy, ROUGE, BLEU."""
+    return metric not in LOSS_KEYS
 
 
 class Selection:

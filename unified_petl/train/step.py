@@ -228,23 +228,31 @@ def make_train_step(model, optimizer: optax.GradientTransformation, mesh: Mesh, 
 def make_eval_step(model, mesh: Mesh) -> Callable:
     """A jitted eval(trainable, frozen, batch) -> outputs, no dropout.
 
-    outputs: nll_sum, weight (replicated scalars) and, for classification, pred / labels /
+    outputs: nll_sum = Σ w·NLL, uniform_sum = Σ w·mean_vocab(-log p), weight = Σ w
+    (replicated scalars; w from `token_weights`) and, for classification, pred / labels /
     weight_rows int32|float32 [B] sharded on `data` (gather with `gather`).
+    The label-smoothed eval loss of any ε is ((1-ε)·nll_sum + ε·uniform_sum) / weight summed
+    over the eval set: the reference code selects en-ro checkpoints on it (its
+    Seq2SeqTrainer.prediction_step applies the LabelSmoother to the eval batches,
+    trainer_seq2seq.py about lines 180-185).
     """
     full = bool(model.method.full)
     seq2seq = model.cfg.seq2seq
 
     def evaluate(trainable, frozen, batch):
-        _, nll, logits = loss_sums(model, variables(full, trainable, frozen), batch, None,
-                                   deterministic=True)
-        out = {"nll_sum": nll, "weight": token_weights(batch, seq2seq).sum()}
+        # ε = 1 makes smoothed_nll's first output the uniform term alone: one log-softmax
+        # gives both sums.
+        uniform, nll, logits = loss_sums(model, variables(full, trainable, frozen), batch,
+                                         None, label_smoothing=1.0, deterministic=True)
+        out = {"nll_sum": nll, "uniform_sum": uniform,
+               "weight": token_weights(batch, seq2seq).sum()}
         if not seq2seq:
             out.update(pred=jnp.argmax(logits, axis=-1).astype(jnp.int32),
                        labels=batch["labels"], weight_rows=batch["weight"])
         return out
 
     repl, data = replicated(mesh), data_sharded(mesh)
-    out_shardings = {"nll_sum": repl, "weight": repl}
+    out_shardings = {"nll_sum": repl, "uniform_sum": repl, "weight": repl}
     if not seq2seq:
         out_shardings.update(pred=data, labels=data, weight_rows=data)
     return jax.jit(evaluate, in_shardings=(repl, repl, data), out_shardings=out_shardings)
