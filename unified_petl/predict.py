@@ -17,6 +17,11 @@ the eval target length (XSum: 60 tokens) exactly as the reference code's were; p
 
 Runs on the default device of this process (the variables replicated or on one device);
 the trainer's sharded eval step computes the loss, this module the generated-text metrics.
+
+Predictions files (JSONL, one object per example: id, input, output, reference) are built
+by `prediction_records` and written by `write_jsonl`; `read_text_inputs` reads a text file
+with one input per line. `unified-petl eval` / `predict` (unified_petl.train.inference)
+use them.
 """
 from __future__ import annotations
 
