@@ -104,7 +104,9 @@ def split_config(config, split: str, max_examples: Optional[int] = None):
     key = "eval_files" if split == data.eval_split else SPLIT_FILES.get(split)
     local = [k for k in ("train_files", "eval_files", "test_files") if data.get(k)]
     files = data[key] if key else ""
-    if not files and local:
+    # the eval split is read as training read it; another split of a run on local files
+    # needs its own file (the hub's, or another split's file, would be silently wrong)
+    if not files and local and key != "eval_files":
         named = f"data.{local[0]}={data[local[0]]}"
         if key is None:
             raise ConfigError(f"split {split!r} has no local file: this run reads local files "
