@@ -46,6 +46,9 @@ from unified_petl.delta.options import Options, parse_call
     ("lora(r=4, rank=3)", r"unknown argument\(s\) \['rank'\]; it takes r, alpha, at, dropout"),
     ("lora(r=8, r=16)", r"lora\(\) got r= twice"),
     ("full(head=maybe)", r"head must be true or false"),
+    # one adapter module per sub-layer (a NameInUseError traceback before)
+    ("pa(r=4) + sa(r=4)", r"a parallel and a sequential adapter at ffn"),
+    ("houlsby(r=4) + pa(r=4, at=attn)", r"a parallel and a sequential adapter at attn"),
 ])
 def test_bad_option_is_one_spec_error_line(text, message):
     with pytest.raises(up.SpecError, match=message) as err:

@@ -251,6 +251,10 @@ class Method:
             if len(self.adapters(at, ins)) > 1:
                 raise SpecError(f"method {self.name!r} has two {ins} adapters at {at}; "
                                 "use one with a larger r")
+        for at in ("attn", "ffn"):  # the model holds one adapter module per sub-layer
+            if len(self.adapters(at)) > 1:
+                raise SpecError(f"method {self.name!r} has a parallel and a sequential adapter "
+                                f"at {at}; use one adapter per sub-layer")
         if encoder_only and self.prompt is not None:
             raise SpecError("prompt tuning is implemented for the (m)BART encoder only; "
                             "on an encoder-only model use prefix(l=...) instead")
