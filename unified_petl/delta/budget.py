@@ -22,7 +22,7 @@ from typing import Any
 import jax
 from flax import traverse_util
 
-from unified_petl.delta.spec import Method, parse_method
+from unified_petl.delta.spec import Method
 from unified_petl.models.config import ArchConfig, arch_config
 from unified_petl.shipped import config_path
 
@@ -111,12 +111,13 @@ def count(config: Any, method: "str | Method", *, num_labels: int = 0) -> dict[s
     Returns {base_params, trained, stored, paper, percent_paper, percent_trained, head,
     per_axis: {label: {trained, stored, paper}}, per_layer: {layer: trained}}.
     """
-    from unified_petl.build import build, shape_tree
+    from unified_petl.build import build, check_patterns, shape_tree
 
     cfg = arch_config(config)
-    method = parse_method(method) if isinstance(method, str) else method
     model = build(config, method, num_labels=num_labels, pretrained_head=False)
+    method = model.method  # resolved for this base
     shapes = shape_tree(model, None)  # one trace for both collections
+    check_patterns(method, shapes.get("params", {}))
     params = traverse_util.flatten_dict(shapes.get("params", {}))
     delta = shapes.get("delta", {})
     flat_delta = traverse_util.flatten_dict(delta)

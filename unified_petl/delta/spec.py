@@ -10,13 +10,19 @@ Presets are strings shared by configs and the CLI::
     parse_method("mam(l=30, r=512, s=4)")
     parse_method("prefix(l=30) + pa(r=512, at=ffn)")   # any sum of presets
 
-`Method.validate` refuses combinations that make no sense with one clear line.
+Every option is read by a typed reader (`unified_petl.delta.options`) and `Method.validate`
+refuses combinations that make no sense, each with one clear line. Options a preset leaves to
+the base model (None: the adapters' dropout, the multi-head adapter's LayerNorm and scale) are
+set by `Method.resolve(cfg)` when the model is built, so a built model's method holds numbers.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any, Optional
+
+from unified_petl.delta.options import Options, SpecError, parse_call, split_top
 
 FORMS = ("prefix", "adapter", "lora", "prompt", "masked", "full")
 AT = ("heads", "attn", "ffn", "embed", "params")
@@ -25,10 +31,6 @@ COMPOSITIONS = ("add", "scaled", "gated")
 INITS = ("bert", "lora")
 LAYERNORMS = ("none", "in", "out")
 LORA_TARGETS = ("q", "k", "v", "o", "fc1", "fc2")
-
-
-class SpecError(ValueError):
-    """A Δh spec that makes no sense; the message says what is wrong and how to fix it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,9 +44,13 @@ class Term:
     composition: add (h + Δh), scaled (h + s·Δh), gated ((1-λ)h + λΔh, prefix softmax mass).
     size: l for prefix / prompt, r for adapter / LoRA.
     scale: s of the scaled composition (LoRA: alpha / r); learn_scale makes s a variable (init s).
+      None (multi-head adapter): the base's, set by `resolve`.
     init: bert (N(0, 0.02), bias 0) or lora (down kaiming-uniform, up 0: starts as the base).
-    layernorm: adapter layernorm in / out / none.
-    dropout: dropout inside the Δh module (adapter hidden, LoRA input, prefix none).
+    layernorm: adapter layernorm in (on the adapter input) / out (on s·W_up(...)) / none;
+      None: the base's, set by `resolve`.
+    dropout: dropout inside the Δh module (adapter hidden activation, LoRA input, prefix none);
+      None: the base's, set by `resolve` (adapters: the model's dropout at the FFN, the
+      attention dropout at attn / heads, as the reference's Adapter_Layer).
     mlp: prefix MLP reparameterisation (training only; `eject` turns it into plain prefixes).
     mlp_hidden: width of that MLP (800 in the paper).
     targets: LoRA projections (q, k, v, o, fc1, fc2).
@@ -58,11 +64,11 @@ class Term:
     insertion: str = "parallel"
     composition: str = "add"
     size: int = 0
-    scale: float = 1.0
+    scale: Optional[float] = 1.0
     learn_scale: bool = False
     init: str = "bert"
-    layernorm: str = "none"
-    dropout: float = 0.0
+    layernorm: Optional[str] = "none"
+    dropout: Optional[float] = 0.0
     mlp: bool = False
     mlp_hidden: int = 800
     targets: tuple[str, ...] = ()
@@ -83,13 +89,20 @@ class Term:
             bad(f"unknown composition {self.composition!r}; use add, scaled or gated")
         if self.init not in INITS:
             bad(f"unknown init {self.init!r}; use bert or lora")
-        if self.layernorm not in LAYERNORMS:
+        if self.layernorm is not None and self.layernorm not in LAYERNORMS:
             bad(f"unknown layernorm {self.layernorm!r}; use in, out or none")
-        if not 0.0 <= self.dropout < 1.0:
-            bad(f"dropout={self.dropout} must be in [0, 1)")
-        if self.form in ("prefix", "adapter", "lora", "prompt") and self.size <= 0:
+        if self.dropout is not None and not (_is_number(self.dropout)
+                                             and 0.0 <= self.dropout < 1.0):
+            bad(f"dropout={self.dropout} must be a number in [0, 1)")
+        if self.scale is not None and not (_is_number(self.scale) and math.isfinite(self.scale)
+                                           and self.scale > 0):
+            bad(f"scale s={self.scale} must be a finite number > 0")
+        if self.form in ("prefix", "adapter", "lora", "prompt") and not (
+                _is_int(self.size) and self.size > 0):
             what = "l (prefix length)" if self.form in ("prefix", "prompt") else "r (bottleneck)"
-            bad(f"{what} must be > 0, got {self.size}")
+            bad(f"{what} must be an integer > 0, got {self.size}")
+        if self.mlp and not _is_int(self.mlp_hidden):
+            bad(f"mlp_hidden must be an integer, got {self.mlp_hidden}")
         if self.mlp and (self.form != "prefix" or self.mlp_hidden <= 0):
             bad("mlp reparameterisation needs a prefix term and mlp_hidden > 0")
         if self.explicit_gate and (self.form != "prefix" or self.composition != "gated"):
@@ -107,8 +120,8 @@ class Term:
                 bad("adapters modify heads, attn or ffn")
             if self.at == "heads" and self.insertion != "parallel":
                 bad("the multi-head adapter (at=heads) is parallel only")
-            if self.at == "heads" and self.layernorm != "none":
-                bad("the multi-head adapter has no layernorm option")
+            if self.at == "heads" and self.layernorm == "out":
+                bad("the multi-head adapter's layernorm is on its input: use ln=in or ln=none")
         if self.form == "lora":
             if not self.targets:
                 bad("LoRA needs targets (q, k, v, o, fc1, fc2)")
@@ -126,6 +139,36 @@ class Term:
                 re.compile(self.pattern)
             except re.error as e:
                 bad(f"pattern {self.pattern!r} is not a regex: {e}")
+
+    def resolve(self, cfg) -> "Term":
+        """This term with the options left to the base (None) set from its ArchConfig `cfg`.
+
+        The reference (jxhe/unify-parameter-efficient-tuning) builds every Adapter_Layer with
+        dropout = the model's dropout at the FFN and the attention dropout at the attention
+        (modeling_bart.py BartAttention / BartEncoderLayer; modeling_roberta.py: attention_
+        probs_dropout_prob, hidden_dropout_prob); its multi-head adapter ('cross_attn_relu')
+        on BART reads q = W_q LN(x) + b_q with a trainable LayerNorm and no 1/sqrt(d_h), and
+        on RoBERTa reads the attention's own query with no LayerNorm and divides q P_k^T by
+        sqrt(d_h), which equals s = d_h^-1/2 on the output (ReLU is positively homogeneous).
+        """
+        changes: dict[str, Any] = {}
+        if self.dropout is None:
+            base = cfg.dropout if self.at == "ffn" else cfg.attention_dropout
+            changes["dropout"] = float(base) if self.form == "adapter" else 0.0
+        if self.layernorm is None:
+            heads_ln = "in" if cfg.seq2seq else "none"
+            changes["layernorm"] = {"heads": heads_ln, "attn": "in"}.get(self.at, "none")
+        if self.scale is None:
+            on_heads = self.at == "heads" and not cfg.seq2seq
+            scale = (cfg.d_model // cfg.heads) ** -0.5 if on_heads else 1.0
+            changes["scale"] = float(scale)
+            if scale != 1.0 and self.composition == "add":
+                changes["composition"] = "scaled"
+        return dataclasses.replace(self, **changes) if changes else self
+
+    @property
+    def resolved(self) -> bool:
+        return None not in (self.dropout, self.layernorm, self.scale)
 
     def short(self) -> str:
         fields = dataclasses.asdict(self)
@@ -190,6 +233,10 @@ class Method:
     def masked_patterns(self) -> tuple[str, ...]:
         return tuple(t.pattern for t in self.of("masked"))
 
+    def resolve(self, cfg) -> "Method":
+        """The method with every term's base-dependent option set (`Term.resolve`)."""
+        return dataclasses.replace(self, terms=tuple(t.resolve(cfg) for t in self.terms))
+
     def validate(self, *, encoder_only: bool = False) -> "Method":
         for t in self.terms:
             t.validate()
@@ -204,6 +251,10 @@ class Method:
             if len(self.adapters(at, ins)) > 1:
                 raise SpecError(f"method {self.name!r} has two {ins} adapters at {at}; "
                                 "use one with a larger r")
+        for at in ("attn", "ffn"):  # the model holds one adapter module per sub-layer
+            if len(self.adapters(at)) > 1:
+                raise SpecError(f"method {self.name!r} has a parallel and a sequential adapter "
+                                f"at {at}; use one adapter per sub-layer")
         if encoder_only and self.prompt is not None:
             raise SpecError("prompt tuning is implemented for the (m)BART encoder only; "
                             "on an encoder-only model use prefix(l=...) instead")
@@ -221,8 +272,24 @@ class Method:
                    train_head=d.get("train_head", True))
 
 
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 # ---------------------------------------------------------------------------------------------
 # Presets: the paper's methods with its defaults. Each returns a tuple of terms.
+
+# BitFit trains every bias, not BART's final_logits_bias: a registered buffer in the reference
+# (modeling_bart.py, BartForConditionalGeneration.__init__), so never a parameter there.
+BITFIT_PATTERN = r"(?!final_logits_bias$).*bias"
+ADAPTER_AT = ("attn", "ffn")
+
 
 def _lora_targets(at: str) -> tuple[str, ...]:
     if at in ("attn", "qv"):
@@ -235,146 +302,112 @@ def _lora_targets(at: str) -> tuple[str, ...]:
     return targets
 
 
-def _adapter(at, insertion, r, *, s=1.0, init="bert", ln="none", dropout=0.0, learn_s=False):
-    return Term(form="adapter", at=at, insertion=insertion,
-                composition="scaled" if (s != 1.0 or learn_s) else "add", size=r, scale=float(s),
-                learn_scale=learn_s, init=init, layernorm=ln, dropout=dropout)
+def _adapter(at, insertion, r, *, s=1.0, init="bert", ln="none", dropout=None, learn_s=False):
+    composition = "scaled" if learn_s or (s is not None and s != 1.0) else "add"
+    return Term(form="adapter", at=at, insertion=insertion, composition=composition, size=r,
+                scale=None if s is None else float(s), learn_scale=learn_s, init=init,
+                layernorm=ln, dropout=dropout)
 
 
-def _prefix(l, *, mlp=True, gate="concat", hidden=800):
+def _adapter_options(o: Options, at: str, *, r: int, s: Optional[float] = 1.0,
+                     init: str = "bert", ln: Optional[str] = None) -> dict[str, Any]:
+    """The options every bottleneck adapter takes; ln=None: the reference's for `at` (a
+    LayerNorm on the input of attention adapters, none at the FFN)."""
+    default_ln = ln if ln is not None else ("in" if at == "attn" else "none")
+    return dict(r=o.positive_int("r", r), init=o.choice("init", init, INITS),
+                ln=o.choice("ln", default_ln, LAYERNORMS),
+                dropout=o.float("dropout", None, low=0.0, high=1.0, high_open=True),
+                s=o.float("s", s, low=0.0, low_open=True))
+
+
+def _prefix(o: Options, *, l: int, gate: Optional[str]) -> Term:
     # "concat" is the paper's prefix tuning; it *is* the gated form (eq. 5-7), computed by
     # concatenating P_k, P_v to K, V. "gated" computes the same thing explicitly; "add" is the
-    # ungated ablation (prefix term added without λ).
-    if gate not in ("concat", "gated", "add"):
-        raise SpecError(f"prefix gate={gate!r}: use concat, gated or add")
+    # ungated ablation (prefix term added without λ). gate=None: the preset fixes it.
+    size, mlp = o.positive_int("l", l), o.bool("mlp", True)
+    hidden = o.positive_int("hidden", 800)
+    if gate is None:
+        gate = o.choice("gate", "concat", ("concat", "gated", "add"))
     comp = "gated" if gate in ("concat", "gated") else "add"
-    return Term(form="prefix", at="heads", insertion="parallel", composition=comp, size=int(l),
-                mlp=bool(mlp), mlp_hidden=int(hidden), explicit_gate=gate == "gated")
+    return Term(form="prefix", at="heads", insertion="parallel", composition=comp, size=size,
+                mlp=mlp, mlp_hidden=hidden, explicit_gate=gate == "gated")
 
 
-def preset_terms(name: str, kw: dict[str, Any]) -> tuple[Term, ...]:
-    """The terms of one named preset with keyword overrides (paper defaults otherwise)."""
-    kw = dict(kw)
-
-    def take(key, default):
-        return kw.pop(key, default)
-
+def preset_terms(name: str, o: Options) -> tuple[Term, ...]:
+    """The terms of one named preset, reading its options from `o` (paper defaults otherwise).
+    Options the preset does not take are left in `o` (`Options.done` refuses them)."""
     if name == "none":
-        terms = ()
-    elif name == "full":
-        terms = (Term(form="full", at="params"),)
-    elif name == "bitfit":
-        terms = (Term(form="masked", at="params", pattern=r".*bias"),)
-    elif name == "masked":
-        pattern = take("pattern", None)
+        return ()
+    if name == "full":
+        return (Term(form="full", at="params"),)
+    if name == "bitfit":
+        return (Term(form="masked", at="params", pattern=BITFIT_PATTERN),)
+    if name == "masked":
+        pattern = o.text("pattern", None)
         if pattern is None:
             raise SpecError("masked needs pattern=REGEX, e.g. masked(pattern='.*bias')")
-        terms = (Term(form="masked", at="params", pattern=str(pattern)),)
-    elif name == "prompt":
-        terms = (Term(form="prompt", at="embed", size=int(take("l", 200)), init="bert"),)
-    elif name in ("prefix", "prefix_gated", "prefix_nogate"):
-        gate = {"prefix": "concat", "prefix_gated": "gated", "prefix_nogate": "add"}[name]
-        terms = (_prefix(take("l", 200), mlp=take("mlp", True), gate=take("gate", gate),
-                         hidden=take("hidden", 800)),)
-    elif name == "lora":
-        r = int(take("r", 16))
-        alpha = float(take("alpha", 2 * r))
-        at = str(take("at", "attn"))
-        terms = (Term(form="lora", at="ffn" if at == "ffn" else "attn", insertion="parallel",
-                      composition="scaled", size=r, scale=alpha / r if r > 0 else 1.0,
-                      init="lora", dropout=float(take("dropout", 0.0)),
-                      targets=_lora_targets(at)),)
-    elif name == "houlsby":
-        r, init = int(take("r", 200)), take("init", "bert")
-        terms = (_adapter("attn", "sequential", r, init=init),
-                 _adapter("ffn", "sequential", r, init=init))
-    elif name == "pfeiffer":
-        terms = (_adapter("ffn", "sequential", int(take("r", 600)), init=take("init", "bert")),)
-    elif name in ("pa", "sa"):
-        insertion = "parallel" if name == "pa" else "sequential"
-        terms = (_adapter(str(take("at", "ffn")), insertion, int(take("r", 512)),
-                          s=float(take("s", 1.0)), init=take("init", "bert"),
-                          ln=take("ln", "none"), learn_s=bool(take("learn_s", False))),)
-    elif name == "scaled_pa":
-        terms = (_adapter(str(take("at", "ffn")), "parallel", int(take("r", 512)),
-                          s=float(take("s", 4.0)), init=take("init", "lora"),
-                          learn_s=bool(take("learn_s", False))),)
-    elif name == "mh_pa":
-        terms = (_adapter("heads", "parallel", int(take("r", 30)), init=take("init", "bert")),)
-    elif name == "mam":
-        terms = (_prefix(take("l", 30), mlp=take("mlp", True), hidden=take("hidden", 800)),
-                 _adapter("ffn", "parallel", int(take("r", 512)), s=float(take("s", 4.0)),
-                          init="lora"))
-    else:
-        raise SpecError(f"unknown method {name!r}; use one of {', '.join(PRESETS)} "
-                        "(combine with '+', e.g. 'prefix(l=30)+pa(r=512)')")
-    if kw:
-        raise SpecError(f"{name}() got unknown argument(s) {sorted(kw)}")
-    return terms
+        return (Term(form="masked", at="params", pattern=pattern),)
+    if name == "prompt":
+        return (Term(form="prompt", at="embed", size=o.positive_int("l", 200), init="bert"),)
+    if name in ("prefix", "prefix_gated", "prefix_nogate"):
+        return (_prefix(o, l=200, gate={"prefix": None, "prefix_gated": "gated",
+                                        "prefix_nogate": "add"}[name]),)
+    if name == "lora":
+        r = o.positive_int("r", 16)
+        alpha = o.float("alpha", 2.0 * r, low=0.0, low_open=True)
+        at = o.text("at", "attn")
+        return (Term(form="lora", at="ffn" if at == "ffn" else "attn", insertion="parallel",
+                     composition="scaled", size=r, scale=alpha / r, init="lora",
+                     dropout=o.float("dropout", 0.0, low=0.0, high=1.0, high_open=True),
+                     targets=_lora_targets(at)),)
+    if name == "houlsby":  # ln=None: the reference's per adapter (attention: in; FFN: none)
+        r, init = o.positive_int("r", 200), o.choice("init", "bert", INITS)
+        ln = o.choice("ln", None, LAYERNORMS)
+        dropout = o.float("dropout", None, low=0.0, high=1.0, high_open=True)
+        return (_adapter("attn", "sequential", r, init=init, ln=ln or "in", dropout=dropout),
+                _adapter("ffn", "sequential", r, init=init, ln=ln or "none", dropout=dropout))
+    if name == "pfeiffer":
+        kw = _adapter_options(o, "ffn", r=600)
+        return (_adapter("ffn", "sequential", kw.pop("r"), **kw),)
+    if name in ("pa", "sa", "scaled_pa"):
+        at = o.choice("at", "ffn", ADAPTER_AT)
+        scaled = name == "scaled_pa"
+        kw = _adapter_options(o, at, r=512, s=4.0 if scaled else 1.0,
+                              init="lora" if scaled else "bert")
+        insertion = "sequential" if name == "sa" else "parallel"
+        return (_adapter(at, insertion, kw.pop("r"), learn_s=o.bool("learn_s", False), **kw),)
+    if name == "mh_pa":  # ln=None, s=None: the reference's for the base (Term.resolve)
+        r, init = o.positive_int("r", 30), o.choice("init", "bert", INITS)
+        return (_adapter("heads", "parallel", r, init=init,
+                         ln=o.choice("ln", None, ("in", "none")),
+                         s=o.float("s", None, low=0.0, low_open=True),
+                         dropout=o.float("dropout", None, low=0.0, high=1.0, high_open=True)),)
+    if name == "mam":
+        prefix = _prefix(o, l=30, gate="concat")
+        kw = _adapter_options(o, "ffn", r=512, s=4.0, init="lora")
+        return (prefix, _adapter("ffn", "parallel", kw.pop("r"), **kw))
+    raise SpecError(f"unknown method {name!r}; use one of {', '.join(PRESETS)} "
+                    "(combine with '+', e.g. 'prefix(l=30)+pa(r=512)')")
 
 
 PRESETS = ("none", "full", "bitfit", "masked", "prompt", "prefix", "prefix_gated",
            "prefix_nogate", "lora", "houlsby", "pfeiffer", "pa", "sa", "scaled_pa", "mh_pa",
            "mam")
 
-_CALL = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$", re.S)
-
-
-def _value(text: str) -> Any:
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _split_top(text: str, sep: str) -> list[str]:
-    """Split on `sep` outside parentheses and quotes."""
-    parts, depth, quote, cur = [], 0, None, []
-    for ch in text:
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == sep and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-            continue
-        cur.append(ch)
-    parts.append("".join(cur))
-    return parts
-
 
 def parse_method(text: "str | Method", *, train_head: bool = True) -> Method:
-    """'mam(l=30, r=512)' or 'prefix(l=30)+pa(r=512)' -> validated Method."""
+    """'mam(l=30, r=512)' or 'prefix(l=30)+pa(r=512)' -> validated Method (options the base
+    decides stay None until `Method.resolve`)."""
     if isinstance(text, Method):
         return text.validate()
     if not isinstance(text, str) or not text.strip():
         raise SpecError(f"method must be a preset string like 'lora(r=8)', got {text!r}")
     terms: list[Term] = []
-    for piece in _split_top(text, "+"):
-        m = _CALL.match(piece)
-        if not m:
-            raise SpecError(f"cannot parse method {piece.strip()!r}; write name(key=value, ...)")
-        name, args = m.group(1), m.group(2) or ""
-        kw = {}
-        for arg in filter(str.strip, _split_top(args, ",")):
-            if "=" not in arg:
-                raise SpecError(f"argument {arg.strip()!r} of {name}() must be key=value")
-            k, v = arg.split("=", 1)
-            kw[k.strip()] = _value(v)
-        if "head" in kw:
-            train_head = bool(kw.pop("head"))
-        terms.extend(preset_terms(name, kw))
-    return Method(terms=tuple(terms), name=re.sub(r"\s+", "", text), train_head=train_head).validate()
+    for piece in split_top(text, "+"):
+        name, raw = parse_call(piece)
+        options = Options(name, raw)
+        terms.extend(preset_terms(name, options))
+        train_head = options.bool("head", train_head)
+        options.done()
+    return Method(terms=tuple(terms), name=re.sub(r"\s+", "", text),
+                  train_head=train_head).validate()

@@ -161,7 +161,8 @@ class Attention(nn.Module):
         d = x.shape[-1]
         heads, d_head = self.num_heads, d // self.num_heads
         split = lambda y: y.reshape(y.shape[:-1] + (heads, d_head))
-        q = split(self._dense(d, "q", self.names[0])(x, deterministic))
+        q_proj = self._dense(d, "q", self.names[0])
+        q = split(q_proj(x, deterministic))
         qa = q  # the queries as attention sees them
         if self.decode and self.cross:
             k, v = self._cross_cache(kv, split, d, deterministic)
@@ -203,7 +204,11 @@ class Attention(nn.Module):
             out = self._softmax_attention(qa, k, v, bias, scale, dropout_rng)
         out = out.reshape(q.shape)  # unfold beams (a no-op otherwise)
         for term in self.method.adapters("heads"):  # multi-head PA, before W_o
-            out = out + MultiHeadAdapter(term, self.dtype, name="mh_adapter")(q, deterministic)
+            # its own query W_q LN(x) + b_q through the frozen projection (and its LoRA, as the
+            # reference's q_proj), unscaled
+            project = lambda z: split(q_proj(z, deterministic))
+            out = out + MultiHeadAdapter(term, self.dtype, name="mh_adapter")(x, project,
+                                                                               deterministic)
         out = out.reshape(out.shape[:2] + (d,))
         for term in self.method.adapters("attn", "parallel"):  # PA: Adapter(x) before W_o
             out = out + Adapter(term, d, self.dtype, name="attn_adapter")(x, deterministic)
@@ -243,8 +248,10 @@ class Attention(nn.Module):
             return k, v, bias
         steps, max_len = k.shape[1], cached_k.value.shape[1]
         i = index.value
-        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), (0, i, 0, 0))
-        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), (0, i, 0, 0))
+        cached_k.value = jax.lax.dynamic_update_slice(
+            cached_k.value, k.astype(cached_k.value.dtype), (0, i, 0, 0))
+        cached_v.value = jax.lax.dynamic_update_slice(
+            cached_v.value, v.astype(cached_v.value.dtype), (0, i, 0, 0))
         index.value = i + steps
         positions = jnp.arange(max_len)[None, :]
         query_pos = i + jnp.arange(steps)[:, None]
