@@ -12,7 +12,7 @@ trainer reads with its default. Top-level keys every training config has:
   batch_size      global batch: rows per optimiser step, across all devices and hosts
   grad_accum      microbatches per step (batch_size / grad_accum rows each)
   total_steps     optimiser steps
-  log_every, eval_every, checkpoint_every, keep_checkpoints
+  log_every, eval_every, checkpoint_every, keep_checkpoints (>= 1)
   label_smoothing ε of (1-ε)·NLL + ε·mean_vocab(-log p)
   dtype           compute dtype: float32 | bfloat16 (Δh and optimiser state stay fp32)
   optim           lr, warmup_steps | warmup_ratio, end_lr, b1, b2, eps, weight_decay,
@@ -39,6 +39,9 @@ trainer reads with its default. Top-level keys every training config has:
   num_devices     use the first n devices (0 = all)
   progress        show a tqdm progress bar
   save_delta      write WORKDIR/delta.safetensors at the end (save_delta format)
+
+Resuming a workdir compares the config with its checkpoint's: only RESUMABLE_CHANGES (when
+the run logs, evaluates, saves; devices; progress) may differ, any other change is refused.
 
 Overrides: `--config.optim.lr=1e-4`; the value is parsed to the type of the existing key
 (bool: true/false/1/0; tuples and lists as Python literals). An unknown key or a value of

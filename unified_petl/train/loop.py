@@ -7,7 +7,12 @@ WORKDIR after a run: checkpoints/ (orbax, the last keep_checkpoints), metrics.js
 results.json (final eval metrics), config.json, delta.safetensors (save_delta format), and
 tensorboard/ when tensorboard is installed. Running `train` again on the same workdir
 resumes from the latest checkpoint and reproduces the uninterrupted run exactly (same
-batches, same dropout keys, same updates).
+batches, same dropout keys, same updates). The rerun must be the same run: a config that
+changes what it computes is refused before anything is written (train.config.
+resume_changes). Damage does not lose the run: a checkpoint that cannot be read back is
+renamed STEP.corrupt and the newest intact one resumes; a damaged metrics line, best.json,
+best Δh, results.json or delta.safetensors is set aside (*.corrupt) and rebuilt or rewritten
+where the run still holds what it needs, each with one warning line.
 """
 from __future__ import annotations
 

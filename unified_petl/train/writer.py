@@ -2,10 +2,10 @@
 
 metrics.jsonl holds one JSON object per line: train records {"step", "loss", "loss_mean",
 "nll", "grad_norm", "lr", "steps_per_s"} at every logged step, eval records {"step",
-"eval_loss", "eval_accuracy", ...}. On resume from step s (0 without a checkpoint), records after s (written by
-the interrupted run past its last checkpoint) are dropped, so the file reads as one run; a
-line that is not JSON (a write cut short by a kill) is moved to metrics.jsonl.corrupt with
-one warning line.
+"eval_loss", "eval_accuracy", ...}. On resume from step s (0 without a checkpoint), records
+after s (written by the interrupted run past its last checkpoint) are dropped, so the file
+reads as one run; a line that is not JSON (a write cut short by a kill) is moved to
+metrics.jsonl.corrupt with one warning line.
 """
 from __future__ import annotations
 
