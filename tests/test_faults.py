@@ -169,16 +169,16 @@ def test_damaged_best_delta_is_set_aside_never_replaced_by_a_worse_one(runs, cap
     delta = os.path.join(workdir, "best", "delta.safetensors")
     _truncate(delta)
     code, err = _rerun(capsys, runs, workdir)
-    assert code == 0 and len(err) == 1 and "cannot be read" in err[0], err
+    assert code == 0 and len(err) == 1 and "cannot be used" in err[0], err
     assert _records(workdir) == _records(runs["reference"])
     reference_best = json.load(open(os.path.join(runs["reference"], "best", "best.json")))
     assert json.load(open(os.path.join(workdir, "best", "best.json"))) == reference_best
     assert os.path.exists(delta + ".corrupt")
-    if reference_best["step"] > 4:  # beaten after the resume: a new, readable file
+    if reference_best["step"] >= 4:  # the resumed state's (4) or beaten after the resume
         base = _base(runs)
         _same_delta(load_delta(delta, base)[1], load_delta(
             os.path.join(runs["reference"], "best", "delta.safetensors"), base)[1])
-    else:  # nothing beat it: no file rather than a worse one
+    else:  # nothing beat it and no checkpoint holds it: no file rather than a worse one
         assert not os.path.exists(delta)
 
 
@@ -214,3 +214,41 @@ def _same_delta(a, b):
 
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_selection_rewrites_a_damaged_best_delta_only_from_its_own_step(tmp_path, capsys):
+    """The tiny runs above select step 2 (accuracy does not move in 6 steps), so this pins
+    the other branch: resumed AT the selected step, the state holds that very Δh."""
+    from types import SimpleNamespace
+
+    from unified_petl.train import save_delta, selection
+
+    base = SimpleNamespace(fingerprint="f")
+    state = {"step": 4}
+
+    def save(path):  # as the trainer's save_trained_delta: the current state's Δh
+        save_delta(path, "lora(r=1)", {}, base, step=state["step"])
+
+    workdir = str(tmp_path)
+    assert selection.Selection(workdir, "accuracy", save).update(4, {"loss": 0.5,
+                                                                      "accuracy": 80.0})
+    delta = os.path.join(workdir, "best", "delta.safetensors")
+    _truncate(delta)
+    capsys.readouterr()
+    resumed = selection.Selection(workdir, "accuracy", save, resume_step=4)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "rewritten from checkpoint 4" in err[0], err
+    assert resumed.best["step"] == 4 and selection.selected(workdir)[0] == delta
+    assert os.path.exists(delta + ".corrupt")
+
+    _truncate(delta)
+    state["step"] = 6  # resumed later: no state holds step 4's Δh any more
+    resumed = selection.Selection(workdir, "accuracy", save, resume_step=6)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "only if a later evaluation beats accuracy 80.0" in err[0], err
+    assert resumed.best["step"] == 4 and not os.path.exists(delta)
+    assert os.path.exists(delta + ".corrupt.2")
+    with pytest.raises(ValueError, match="a damaged one was kept"):
+        selection.selected(workdir)
+    assert not resumed.update(6, {"loss": 0.4, "accuracy": 70.0})  # worse: still no file
+    assert resumed.update(8, {"loss": 0.3, "accuracy": 90.0}) and os.path.exists(delta)

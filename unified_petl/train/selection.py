@@ -125,6 +125,7 @@ class Selection:
         self.best: Optional[dict] = None
         self.record = os.path.join(self.folder, RECORD_FILE)
         self.delta = os.path.join(self.folder, DELTA_FILE)
+        self.resume_step = resume_step
         if not os.path.exists(self.record):
             return
         best, problem = _read_record(self.record)
@@ -147,8 +148,9 @@ class Selection:
             step = int(read_delta_file(self.delta)[0].get("step", -1))
         except (ValueError, OSError):
             step = None
-        if self.save_fn is None or step is not None and (
-                step > resume_step or (best is not None and step == best["step"])):
+        if self.save_fn is None or (best is not None and best["step"] == resume_step) or (
+                step is not None and (step > resume_step or (best is not None
+                                                             and step == best["step"]))):
             self.best = best
             if best is not None:
                 self._write_record()
@@ -165,19 +167,33 @@ class Selection:
         return None
 
     def _check_delta(self) -> None:
-        """The recorded Δh file must read back; a damaged one is set aside (the record stays:
-        only a later evaluation that beats it writes a new file)."""
-        from unified_petl.train.checkpoint import delta_file_problem
+        """The recorded Δh file must read back; a damaged one is set aside, and rewritten when
+        the resumed state is the selected step's (save_fn saves the current Δh); otherwise
+        the record stays, and only a later evaluation that beats it writes a new file."""
+        from unified_petl.train.checkpoint import read_delta_file
         from unified_petl.train.writer import warn
 
         if self.save_fn is None:
             return
-        problem = delta_file_problem(self.delta)
-        if problem:
-            kept = _set_aside(self.delta, self.enabled) if os.path.exists(self.delta) else None
-            warn(f"the selected Δh of step {self.best['step']} cannot be read ({problem})"
-                 + (f"; kept as {kept}" if kept else "") + "; a new one is written only if a "
-                 f"later evaluation beats {self.metric} {self.best['value']}")
+        try:
+            step = read_delta_file(self.delta)[0].get("step")
+            problem = (f"{self.delta} holds the Δh of step {step}"
+                       if step is not None and int(step) != self.best["step"] else None)
+        except (ValueError, OSError) as e:
+            problem = str(e)
+        if not problem:
+            return
+        kept = _set_aside(self.delta, self.enabled) if os.path.exists(self.delta) else None
+        where = f"; kept as {kept}" if kept else ""
+        if self.best["step"] == self.resume_step:
+            if self.enabled:
+                self.save_fn(self.delta)
+            warn(f"the selected Δh of step {self.best['step']} cannot be used ({problem}){where}; "
+                 f"rewritten from checkpoint {self.resume_step}")
+            return
+        warn(f"the selected Δh of step {self.best['step']} cannot be used ({problem}){where}; a "
+             f"new one is written only if a later evaluation beats {self.metric} "
+             f"{self.best['value']}")
 
     def better(self, value: float) -> bool:
         if not math.isfinite(value):
