@@ -19,7 +19,6 @@ import re
 from collections import defaultdict
 from typing import Any
 
-import jax
 from flax import traverse_util
 
 from unified_petl.delta.spec import Method

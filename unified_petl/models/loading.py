@@ -18,7 +18,6 @@ import pickle
 import re
 from typing import Any, Optional
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
