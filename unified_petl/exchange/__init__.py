@@ -26,6 +26,7 @@ import shutil
 import tempfile
 from typing import Any
 
+from unified_petl.delta.spec import parse_method
 from unified_petl.exchange.sites import ExchangeError, prepare
 
 FORMATS = ("peft", "adapters")
@@ -45,9 +46,7 @@ def export_delta(model_or_method, delta: Any, base, out_dir: str, *, format: str
 
     if format not in FORMATS:
         raise ExchangeError(f"unknown export format {format!r}; use peft or adapters")
-    if os.path.isfile(out_dir) or (os.path.isdir(out_dir) and os.listdir(out_dir)):
-        raise ExchangeError(f"{out_dir} exists and is not an empty folder; give a new --out "
-                            "folder (nothing is overwritten)")
+    _check_out(out_dir)
     ex = prepare(model_or_method, delta, base, "PEFT" if format == "peft" else "AdapterHub")
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
@@ -61,6 +60,53 @@ def export_delta(model_or_method, delta: Any, base, out_dir: str, *, format: str
         if os.path.isdir(tmp):
             shutil.rmtree(tmp)
     return files
+
+
+def export_run(config, workdir: str, out_dir: str, *, format: str, best: bool = False,
+               base=None) -> dict:
+    """Export the latest checkpoint (best=True: the selected Δh) of training run `workdir`
+    (its config, e.g. WORKDIR/config.json) with `export_delta`. Returns {"format", "out",
+    "files", "step", "selected", "method"}. Refused before any loading: an unknown format, an
+    --out that is not new, a run on re-initialised weights or with base_overrides that change
+    the function, full fine-tuning."""
+    import jax
+
+    from unified_petl.train.config import check_config, with_defaults
+    from unified_petl.train.inference import restore
+    from unified_petl.train.loop import _setup_devices
+    from unified_petl.train.setup import build_run
+    from unified_petl.train.step import variables
+
+    if format not in FORMATS:
+        raise ExchangeError(f"unknown export format {format!r}; use peft or adapters")
+    _check_out(out_dir)
+    config = with_defaults(config)
+    check_config(config)
+    if config.random_init:
+        raise ExchangeError("this run trained on re-initialised base weights (random_init): "
+                            "PEFT and AdapterHub load the pretrained checkpoint, on which this "
+                            "Δh means nothing")
+    changed = sorted(k for k in (config.get("base_overrides") or {}) if "dropout" not in k)
+    if changed:
+        raise ExchangeError(f"this run changed the base's {', '.join(changed)} "
+                            "(base_overrides); the exported adapter would run on the "
+                            "unchanged checkpoint")
+    if parse_method(config.method).full:
+        raise ExchangeError("cannot export full fine-tuning: it changes every weight; save "
+                            "the model with transformers instead")
+    mesh = _setup_devices(config)
+    run = build_run(config, base)
+    run, trainable, frozen, step = restore(config, workdir, run, mesh, best=best)
+    delta = jax.device_get(variables(False, trainable, frozen)["delta"])
+    files = export_delta(run.model, delta, run.base, out_dir, format=format)
+    return {"format": format, "out": out_dir, "files": files, "step": step, "selected": best,
+            "method": run.model.method.name}
+
+
+def _check_out(out_dir: str) -> None:
+    if os.path.isfile(out_dir) or (os.path.isdir(out_dir) and os.listdir(out_dir)):
+        raise ExchangeError(f"{out_dir} exists and is not an empty folder; give a new --out "
+                            "folder (nothing is overwritten)")
 
 
 def import_delta(source: str, base) -> tuple[Any, Any]:
@@ -94,4 +140,4 @@ def _resolve(source: str) -> str:
         raise ExchangeError(f"cannot read adapter {source!r} from the hub ({first})") from None
 
 
-__all__ = ["export_delta", "import_delta", "ExchangeError", "FORMATS"]
+__all__ = ["export_delta", "export_run", "import_delta", "ExchangeError", "FORMATS"]
