@@ -16,11 +16,12 @@ PRESETS = ["bitfit", "masked(pattern='.*(fc1|intermediate)/kernel')", "prompt(l=
            "prefix(l=3)", "prefix(l=3, mlp=False)", "prefix_gated(l=3)", "prefix_nogate(l=3)",
            "lora(r=4)", "lora(r=4, alpha=16, at=ffn)", "houlsby(r=4)", "pfeiffer(r=4)",
            "pa(r=4)", "pa(r=4, at=attn)", "sa(r=4, at=attn, ln=in)", "scaled_pa(r=4, s=4)",
-           "scaled_pa(r=4, learn_s=true)", "mh_pa(r=4)", "mam(l=3, r=8, s=4)", "full"]
+           "scaled_pa(r=4, learn_s=true)", "mh_pa(r=4)", "mam(l=3, r=8, s=4)", "full",
+           "ia3", "dora(r=4, at=all)", "unipelt(l=3, r=4, adapter_r=4)"]
 # inits that leave the model exactly as the base model
 ZERO_EFFECT = ["bitfit", "masked(pattern='.*bias')", "lora(r=4)", "lora(r=4, at=ffn)",
                "scaled_pa(r=4)", "pa(r=4, at=attn, init=lora)", "houlsby(r=4, init=lora)",
-               "mh_pa(r=4, init=lora)", "pa(r=4, ln=in, init=lora)"]
+               "mh_pa(r=4, init=lora)", "pa(r=4, ln=in, init=lora)", "ia3", "rslora(r=4)"]
 
 
 def _setup(kind, tiny_checkpoint, seed=0):

@@ -81,6 +81,9 @@ def init_delta(model, rng: jax.Array, batch: Optional[dict] = None, params: Any 
     batch = {k: v for k, v in batch.items() if k in _INPUT_KEYS}
     rngs = {"params": rng, "dropout": jax.random.fold_in(rng, 1)}
     if params is None:
+        if any(t.dora for t in model.method.of("lora")):  # m would be the random base's norm
+            raise SpecError("DoRA's magnitude starts at the norm of the pretrained weight: pass "
+                            "params= (the frozen tree) to init_delta")
         variables = jax.jit(lambda r: model.init(r, **batch))(rngs)
         check_patterns(model.method, variables["params"])
         return variables.get("delta", {})

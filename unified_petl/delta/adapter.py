@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from unified_petl.delta.gates import learned_gate
 from unified_petl.delta.spec import SpecError, Term
 from unified_petl.delta.variables import (constant, delta_param, normal, ones, torch_linear_init,
                                           zeros)
@@ -50,7 +51,9 @@ class Adapter(nn.Module):
     Attributes: term (form=adapter, resolved), features (d of the output), dtype.
     __call__(z [..., d_in], deterministic) -> LN_out?(s·W_up(...)) [..., features]; a
     zero-effect init (init='lora') returns exactly 0 at initialisation. The dropout (p =
-    term.dropout) hits the hidden activation [..., r] only when not deterministic.
+    term.dropout) hits the hidden activation [..., r] only when not deterministic. With
+    term.learn_gate the output is multiplied by G(z) = σ(z W_g + b_g) [..., 1] (UniPELT's
+    G_A, on the adapter's input z; variables gate_kernel, gate_bias).
     """
 
     term: Term
@@ -60,6 +63,7 @@ class Adapter(nn.Module):
     @nn.compact
     def __call__(self, z: jax.Array, deterministic: bool = True) -> jax.Array:
         t, d_in = _checked(self.term), z.shape[-1]
+        gate_input = z
         if t.layernorm == "in":
             z = _layer_norm(self, "ln_in", z)
         if t.init == "lora":
@@ -75,6 +79,8 @@ class Adapter(nn.Module):
         out = _scale(self, t) * (hidden @ w_up.astype(self.dtype) + b_up)
         if t.layernorm == "out":  # LN(s·up), the reference's order (petl_factory.py)
             out = _layer_norm(self, "ln_out", out)
+        if t.learn_gate:  # the gate reads the adapter's input before its LayerNorm
+            out = learned_gate(self, "gate", gate_input, self.dtype) * out
         return out
 
 
@@ -88,7 +94,7 @@ class MultiHeadAdapter(nn.Module):
     attention dropout). P_k, P_v: [r, H, d_h] each, so 2·r·d parameters like a PA of the same
     r (plus 2·d for the LayerNorm).
     __call__(x [B, T, d], project: [B, T, d] -> [B, T, H, d_h], deterministic)
-      -> Δ [B, T, H, d_h].
+      -> Δ [B, T, H, d_h]; with term.learn_gate times G(x) = σ(x W_g + b_g) per position.
     """
 
     term: Term
@@ -98,6 +104,7 @@ class MultiHeadAdapter(nn.Module):
     def __call__(self, x: jax.Array, project: Callable[[jax.Array], jax.Array],
                  deterministic: bool = True) -> jax.Array:
         t = _checked(self.term)
+        gate = learned_gate(self, "gate", x, self.dtype)[..., None] if t.learn_gate else None
         if t.layernorm == "in":
             x = _layer_norm(self, "ln_in", x)
         q = project(x)
@@ -107,5 +114,5 @@ class MultiHeadAdapter(nn.Module):
         p_v = delta_param(self, "p_v", v_init, (t.size, heads, d_head))
         scores = jnp.einsum("bthd,rhd->bhtr", q.astype(self.dtype), p_k.astype(self.dtype))
         act = nn.Dropout(t.dropout)(jax.nn.relu(scores), deterministic=deterministic)
-        out = jnp.einsum("bhtr,rhd->bthd", act, p_v.astype(self.dtype))
-        return _scale(self, t) * out
+        out = _scale(self, t) * jnp.einsum("bhtr,rhd->bthd", act, p_v.astype(self.dtype))
+        return out if gate is None else gate * out

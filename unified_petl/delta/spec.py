@@ -1,9 +1,11 @@
 """The Δh design space: one term per point of the paper's four axes, methods as tuples of terms.
 
-A *term* is one Δh: its functional form (prefix attention, bottleneck adapter, LoRA, plus the
-degenerate forms prompt / masked offsets / full), the representation it modifies (attention heads,
-attention sub-layer, FFN sub-layer), the insertion form (sequential / parallel), the composition
-(add / scaled / gated), its size (l or r) and a few options. A *method* is a tuple of terms.
+A *term* is one Δh: its functional form (prefix attention, bottleneck adapter, LoRA and its
+DoRA / rsLoRA variants, IA3 vectors, plus the degenerate forms prompt / masked offsets / full),
+the representation it modifies (attention heads, attention sub-layer, FFN sub-layer), the
+insertion form (sequential / parallel), the composition (add / scaled / gated / multiply, and a
+learned input-dependent gate on any additive term, UniPELT's), its size (l or r) and a few
+options. A *method* is a tuple of terms.
 
 Presets are strings shared by configs and the CLI::
 
@@ -24,11 +26,12 @@ from typing import Any, Optional
 
 from unified_petl.delta.options import Options, SpecError, parse_call, split_top
 
-FORMS = ("prefix", "adapter", "lora", "prompt", "masked", "full")
+FORMS = ("prefix", "adapter", "lora", "ia3", "prompt", "masked", "full")
 AT = ("heads", "attn", "ffn", "embed", "params")
 INSERTIONS = ("parallel", "sequential")
-COMPOSITIONS = ("add", "scaled", "gated")
-INITS = ("bert", "lora")
+COMPOSITIONS = ("add", "scaled", "gated", "multiply")
+INITS = ("bert", "lora", "ones")
+GATED_FORMS = ("prefix", "adapter", "lora")  # the additive terms a learned gate can scale
 LAYERNORMS = ("none", "in", "out")
 LORA_TARGETS = ("q", "k", "v", "o", "fc1", "fc2")
 
@@ -37,15 +40,19 @@ LORA_TARGETS = ("q", "k", "v", "o", "fc1", "fc2")
 class Term:
     """One Δh term.
 
-    form: prefix | adapter | lora | prompt | masked | full.
+    form: prefix | adapter | lora | ia3 | prompt | masked | full.
     at: modified representation: heads (prefix, multi-head PA), attn (attention sub-layer),
-      ffn (FFN sub-layer), embed (prompt), params (masked / full).
-    insertion: parallel (Δh from the sub-layer input x) or sequential (from h itself).
-    composition: add (h + Δh), scaled (h + s·Δh), gated ((1-λ)h + λΔh, prefix softmax mass).
-    size: l for prefix / prompt, r for adapter / LoRA.
-    scale: s of the scaled composition (LoRA: alpha / r); learn_scale makes s a variable (init s).
-      None (multi-head adapter): the base's, set by `resolve`.
-    init: bert (N(0, 0.02), bias 0) or lora (down kaiming-uniform, up 0: starts as the base).
+      ffn (FFN sub-layer), embed (prompt), params (masked / full). LoRA and IA3: attn unless
+      every target is fc1 / fc2 (then ffn); `targets` says exactly which projections.
+    insertion: parallel (Δh from the sub-layer input x) or sequential (from h itself; IA3).
+    composition: add (h + Δh), scaled (h + s·Δh), gated ((1-λ)h + λΔh, prefix softmax mass),
+      multiply (h <- l ⊙ h, IA3: `unified_petl.delta.ia3`).
+    size: l for prefix / prompt, r for adapter / LoRA; 0 for IA3 (one vector per target).
+    scale: s of the scaled composition (LoRA: alpha / r, rsLoRA: alpha / sqrt(r)); learn_scale
+      makes s a variable (init s). None (multi-head adapter): the base's, set by `resolve`.
+      IA3: 1.0 (its vectors are the scale).
+    init: bert (N(0, 0.02), bias 0), lora (down kaiming-uniform, up 0: starts as the base) or
+      ones (IA3 vectors, PEFT's init_ia3_weights=True: starts as the base).
     layernorm: adapter layernorm in (on the adapter input) / out (on s·W_up(...)) / none;
       None: the base's, set by `resolve`.
     dropout: dropout inside the Δh module (adapter hidden activation, LoRA input, prefix none);
@@ -53,10 +60,20 @@ class Term:
       attention dropout at attn / heads, as the reference's Adapter_Layer).
     mlp: prefix MLP reparameterisation (training only; `eject` turns it into plain prefixes).
     mlp_hidden: width of that MLP (800 in the paper).
-    targets: LoRA projections (q, k, v, o, fc1, fc2).
+    targets: LoRA / IA3 projections (q, k, v, o, fc1, fc2; module names in
+      `unified_petl.models.layers.PROJECTION_NAMES`).
     pattern: masked: regex over '/'-joined parameter paths (e.g. '.*bias').
     explicit_gate: prefix: compute (1-λ)·Attn + λ·softmax(q P_k^T) P_v term by term instead of
       concatenating P_k, P_v to K, V (the same function, paper eq. 5-7; exposes λ).
+    learn_gate: UniPELT's learned gate G = σ(W_g z + b_g) [..., 1] from the input z the term
+      reads (`unified_petl.delta.gates`): LoRA Δh <- G·Δh, adapter Δh <- G·Δh, prefix
+      P_k, P_v <- G·P_k, G·P_v (per query position). Additive forms only (GATED_FORMS).
+    rslora: LoRA scaled by alpha / sqrt(r) (Kalajdzievski 2023; PEFT use_rslora=True); `scale`
+      holds that number, so alpha = scale·sqrt(r) (and scale·r without rslora).
+    dora: LoRA as DoRA (Liu et al. 2024; PEFT use_dora=True): W' = m ⊙ (W + s·BA) /
+      ||W + s·BA||, norm over the input dimension per output unit (`unified_petl.delta.dora`).
+    input_targets: IA3: the targets whose INPUT the vector scales (PEFT's feedforward_modules,
+      e.g. fc2: the FFN's intermediate activation); the other targets' OUTPUT is scaled.
     """
 
     form: str
@@ -74,6 +91,10 @@ class Term:
     targets: tuple[str, ...] = ()
     pattern: str = ""
     explicit_gate: bool = False
+    learn_gate: bool = False
+    rslora: bool = False
+    dora: bool = False
+    input_targets: tuple[str, ...] = ()
 
     def validate(self) -> None:
         def bad(msg):
@@ -86,9 +107,9 @@ class Term:
         if self.insertion not in INSERTIONS:
             bad(f"unknown insertion {self.insertion!r}; use parallel or sequential")
         if self.composition not in COMPOSITIONS:
-            bad(f"unknown composition {self.composition!r}; use add, scaled or gated")
+            bad(f"unknown composition {self.composition!r}; use add, scaled, gated or multiply")
         if self.init not in INITS:
-            bad(f"unknown init {self.init!r}; use bert or lora")
+            bad(f"unknown init {self.init!r}; use bert or lora (ones: IA3)")
         if self.layernorm is not None and self.layernorm not in LAYERNORMS:
             bad(f"unknown layernorm {self.layernorm!r}; use in, out or none")
         if self.dropout is not None and not (_is_number(self.dropout)
@@ -109,7 +130,23 @@ class Term:
             bad("explicit_gate is an option of the gated prefix only")
         if self.composition == "gated" and self.form != "prefix":
             bad("gated composition needs a prefix softmax (λ is the prefix attention mass); "
-                "use add or scaled for adapters and LoRA")
+                "use add or scaled for adapters and LoRA, or learn_gate=true for a learned gate")
+        if (self.composition == "multiply") != (self.form == "ia3"):
+            bad("the multiplicative composition h <- l ⊙ h is IA3's and IA3 composes only by it; "
+                "use add or scaled for the additive forms")
+        if (self.init == "ones") != (self.form == "ia3"):
+            bad("init=ones is the IA3 vectors' init (and IA3's only one); adapters and LoRA use "
+                "bert or lora")
+        if self.learn_gate and self.form not in GATED_FORMS:
+            bad(f"a learned gate σ(W_g x) scales an additive Δh (lora, adapter, prefix); "
+                f"{self.form} has none to scale")
+        if (self.rslora or self.dora) and self.form != "lora":
+            bad("rslora and dora are options of a LoRA term")
+        if self.dora and self.learn_gate:
+            bad("DoRA rescales the whole weight (magnitude x direction), not an additive Δh; "
+                "learn_gate needs plain LoRA")
+        if self.input_targets and self.form != "ia3":
+            bad("input_targets (the projections whose input is scaled) is an option of IA3")
         if self.form == "prefix":
             if self.at != "heads":
                 bad("prefix attention modifies the attention heads; use at=heads")
@@ -130,6 +167,8 @@ class Term:
                 bad(f"unknown LoRA targets {unknown}; use {', '.join(LORA_TARGETS)}")
             if self.insertion != "parallel":
                 bad("LoRA is parallel to the frozen projection by construction")
+        if self.form == "ia3":
+            self._validate_ia3(bad)
         if self.form == "prompt" and self.at != "embed":
             bad("prompt tuning modifies the input embeddings; use at=embed")
         if self.form == "masked":
@@ -139,6 +178,26 @@ class Term:
                 re.compile(self.pattern)
             except re.error as e:
                 bad(f"pattern {self.pattern!r} is not a regex: {e}")
+
+    def _validate_ia3(self, bad) -> None:
+        if self.scale != 1.0 or self.learn_scale:
+            bad("IA3 has no scale s: its learned vectors are the scale")
+        if self.size != 0:
+            bad("IA3 has no size r or l: it learns one vector per target projection")
+        if not self.targets:
+            bad("IA3 needs targets (q, k, v, o, fc1, fc2)")
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        if unknown:
+            bad(f"unknown IA3 targets {unknown}; use {', '.join(LORA_TARGETS)}")
+        stray = [t for t in self.input_targets if t not in self.targets]
+        if stray:
+            bad(f"IA3 inputs {stray} are not among its targets {list(self.targets)}")
+        if self.insertion != "sequential":
+            bad("IA3 rescales the representation itself: insertion=sequential")
+        if self.dropout != 0.0 or self.layernorm != "none":
+            bad("IA3 has no dropout and no layernorm")
+        if self.at not in ("attn", "ffn"):
+            bad("IA3 rescales projections of the attention (attn) or the FFN (ffn)")
 
     def resolve(self, cfg) -> "Term":
         """This term with the options left to the base (None) set from its ArchConfig `cfg`.
@@ -179,12 +238,15 @@ class Term:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["targets"] = list(self.targets)
+        d["input_targets"] = list(self.input_targets)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Term":
+        """A term from `to_dict` (fields added later take their defaults: old specs load)."""
         d = dict(d)
         d["targets"] = tuple(d.get("targets", ()))
+        d["input_targets"] = tuple(d.get("input_targets", ()))
         return cls(**d)
 
 
@@ -220,7 +282,16 @@ class Method:
         return found[0] if found else None
 
     def lora_for(self, target: str) -> Optional[Term]:
+        """The LoRA term (plain, rsLoRA or DoRA) on projection `target`, if any."""
         for t in self.of("lora"):
+            if target in t.targets:
+                return t
+        return None
+
+    def ia3_for(self, target: str) -> Optional[Term]:
+        """The IA3 term that rescales projection `target` (its input if `target` is in the
+        term's input_targets, else its output), if any."""
+        for t in self.of("ia3"):
             if target in t.targets:
                 return t
         return None
@@ -246,6 +317,11 @@ class Method:
         for target in LORA_TARGETS:
             if sum(target in t.targets for t in self.of("lora")) > 1:
                 raise SpecError(f"method {self.name!r} puts two LoRA terms on {target}")
+            if sum(target in t.targets for t in self.of("ia3")) > 1:
+                raise SpecError(f"method {self.name!r} puts two IA3 terms on {target}")
+            if self.lora_for(target) is not None and self.ia3_for(target) is not None:
+                raise SpecError(f"method {self.name!r} puts LoRA and IA3 on {target}; use one "
+                                "weight term per projection")
         for at, ins in (("heads", "parallel"), ("attn", "parallel"), ("attn", "sequential"),
                         ("ffn", "parallel"), ("ffn", "sequential")):
             if len(self.adapters(at, ins)) > 1:
@@ -302,11 +378,12 @@ def _lora_targets(at: str) -> tuple[str, ...]:
     return targets
 
 
-def _adapter(at, insertion, r, *, s=1.0, init="bert", ln="none", dropout=None, learn_s=False):
+def _adapter(at, insertion, r, *, s=1.0, init="bert", ln="none", dropout=None, learn_s=False,
+             learn_gate=False):
     composition = "scaled" if learn_s or (s is not None and s != 1.0) else "add"
     return Term(form="adapter", at=at, insertion=insertion, composition=composition, size=r,
                 scale=None if s is None else float(s), learn_scale=learn_s, init=init,
-                layernorm=ln, dropout=dropout)
+                layernorm=ln, dropout=dropout, learn_gate=learn_gate)
 
 
 def _adapter_options(o: Options, at: str, *, r: int, s: Optional[float] = 1.0,
@@ -314,23 +391,81 @@ def _adapter_options(o: Options, at: str, *, r: int, s: Optional[float] = 1.0,
     """The options every bottleneck adapter takes; ln=None: the reference's for `at` (a
     LayerNorm on the input of attention adapters, none at the FFN)."""
     default_ln = ln if ln is not None else ("in" if at == "attn" else "none")
-    return dict(r=o.positive_int("r", r), init=o.choice("init", init, INITS),
+    return dict(r=o.positive_int("r", r), init=o.choice("init", init, ("bert", "lora")),
                 ln=o.choice("ln", default_ln, LAYERNORMS),
                 dropout=o.float("dropout", None, low=0.0, high=1.0, high_open=True),
                 s=o.float("s", s, low=0.0, low_open=True))
 
 
-def _prefix(o: Options, *, l: int, gate: Optional[str]) -> Term:
+def _prefix(o: Options, *, l: int, gate: Optional[str], hidden: int = 800,
+            learn_gate: Optional[bool] = None) -> Term:
     # "concat" is the paper's prefix tuning; it *is* the gated form (eq. 5-7), computed by
     # concatenating P_k, P_v to K, V. "gated" computes the same thing explicitly; "add" is the
     # ungated ablation (prefix term added without λ). gate=None: the preset fixes it.
+    # learn_gate (UniPELT's G_P scaling P_k, P_v) is another axis: None reads the option.
     size, mlp = o.positive_int("l", l), o.bool("mlp", True)
-    hidden = o.positive_int("hidden", 800)
+    hidden = o.positive_int("hidden", hidden)
     if gate is None:
         gate = o.choice("gate", "concat", ("concat", "gated", "add"))
+    if learn_gate is None:
+        learn_gate = o.bool("learn_gate", False)
     comp = "gated" if gate in ("concat", "gated") else "add"
     return Term(form="prefix", at="heads", insertion="parallel", composition=comp, size=size,
-                mlp=mlp, mlp_hidden=hidden, explicit_gate=gate == "gated")
+                mlp=mlp, mlp_hidden=hidden, explicit_gate=gate == "gated", learn_gate=learn_gate)
+
+
+def _lora(o: Options, *, r: int = 16, rslora: Optional[bool] = None,
+          dora: Optional[bool] = None) -> Term:
+    """lora / rslora / dora: options r, alpha (default 2r), at, dropout, learn_gate, and
+    rslora= / dora= where the preset leaves them open (None)."""
+    r = o.positive_int("r", r)
+    alpha = o.float("alpha", 2.0 * r, low=0.0, low_open=True)
+    at = o.text("at", "attn")
+    dropout = o.float("dropout", 0.0, low=0.0, high=1.0, high_open=True)
+    rslora = o.bool("rslora", False) if rslora is None else rslora
+    dora = o.bool("dora", False) if dora is None else dora
+    # at: "ffn" only for at=ffn, as before the variants existed (a saved spec stays equal)
+    return Term(form="lora", at="ffn" if at == "ffn" else "attn", insertion="parallel",
+                composition="scaled", size=r, scale=alpha / (math.sqrt(r) if rslora else r),
+                init="lora", dropout=dropout, targets=_lora_targets(at), rslora=rslora, dora=dora,
+                learn_gate=o.bool("learn_gate", False))
+
+
+def _projection_at(targets: tuple[str, ...]) -> str:
+    return "ffn" if targets and set(targets) <= {"fc1", "fc2"} else "attn"
+
+
+def _target_list(o: Options, key: str, default: str) -> tuple[str, ...]:
+    text = o.text(key, default)
+    return () if text in ("", "none") else tuple(t for t in re.split(r"[+|/]", text) if t)
+
+
+def _ia3(o: Options) -> Term:
+    """IA3 (Liu et al. 2022): the paper's points by default, keys, values and the FFN's
+    intermediate activation (fc2's input). PEFT's defaults are other targets: BART
+    q_proj, v_proj, fc2 -> at=q+v+fc2; RoBERTa key, value, output.dense, whose suffix also
+    matches attention.output.dense (both input-scaled) -> at=k+v+o+fc2, inputs=o+fc2."""
+    targets = _target_list(o, "at", "k+v+fc2")
+    inputs = _target_list(o, "inputs", "fc2" if "fc2" in targets else "none")
+    return Term(form="ia3", at=_projection_at(targets), insertion="sequential",
+                composition="multiply", size=0, scale=1.0, init="ones", dropout=0.0,
+                targets=targets, input_targets=inputs)
+
+
+def _unipelt(o: Options) -> tuple[Term, ...]:
+    """UniPELT (Mao et al., ACL 2022) with the authors' defaults (morningmoni/UniPELT
+    run_glue.py: prefix_len=10, mid_dim=512, lora_r=8 on W_q, W_v; adapter_config=pfeiffer,
+    reduction factor 16 = bottleneck 48 on BERT-base): gated prefix + gated LoRA + gated
+    sequential FFN adapter (ReLU, no LayerNorm, no dropout: transformers/adapters/modeling.py
+    Adapter). The LoRA gate takes the place of α/r (lora_layers.py LoRA_Linear.forward sets
+    scaling = gate), so its s is 1."""
+    prefix = _prefix(o, l=10, gate="concat", hidden=512, learn_gate=True)
+    r = o.positive_int("r", 8)
+    lora = Term(form="lora", at="attn", insertion="parallel", composition="scaled", size=r,
+                scale=1.0, init="lora", dropout=0.0, targets=("q", "v"), learn_gate=True)
+    adapter = _adapter("ffn", "sequential", o.positive_int("adapter_r", 48), init="bert",
+                       ln="none", dropout=0.0, learn_gate=True)
+    return prefix, lora, adapter
 
 
 def preset_terms(name: str, o: Options) -> tuple[Term, ...]:
@@ -352,36 +487,41 @@ def preset_terms(name: str, o: Options) -> tuple[Term, ...]:
     if name in ("prefix", "prefix_gated", "prefix_nogate"):
         return (_prefix(o, l=200, gate={"prefix": None, "prefix_gated": "gated",
                                         "prefix_nogate": "add"}[name]),)
-    if name == "lora":
-        r = o.positive_int("r", 16)
-        alpha = o.float("alpha", 2.0 * r, low=0.0, low_open=True)
-        at = o.text("at", "attn")
-        return (Term(form="lora", at="ffn" if at == "ffn" else "attn", insertion="parallel",
-                     composition="scaled", size=r, scale=alpha / r, init="lora",
-                     dropout=o.float("dropout", 0.0, low=0.0, high=1.0, high_open=True),
-                     targets=_lora_targets(at)),)
+    if name in ("lora", "rslora", "dora"):
+        return (_lora(o, rslora=True if name == "rslora" else None,
+                      dora=True if name == "dora" else None),)
+    if name == "ia3":
+        return (_ia3(o),)
+    if name == "unipelt":
+        return _unipelt(o)
     if name == "houlsby":  # ln=None: the reference's per adapter (attention: in; FFN: none)
-        r, init = o.positive_int("r", 200), o.choice("init", "bert", INITS)
+        r, init = o.positive_int("r", 200), o.choice("init", "bert", ("bert", "lora"))
         ln = o.choice("ln", None, LAYERNORMS)
         dropout = o.float("dropout", None, low=0.0, high=1.0, high_open=True)
-        return (_adapter("attn", "sequential", r, init=init, ln=ln or "in", dropout=dropout),
-                _adapter("ffn", "sequential", r, init=init, ln=ln or "none", dropout=dropout))
+        gate = o.bool("learn_gate", False)
+        return (_adapter("attn", "sequential", r, init=init, ln=ln or "in", dropout=dropout,
+                         learn_gate=gate),
+                _adapter("ffn", "sequential", r, init=init, ln=ln or "none", dropout=dropout,
+                         learn_gate=gate))
     if name == "pfeiffer":
         kw = _adapter_options(o, "ffn", r=600)
-        return (_adapter("ffn", "sequential", kw.pop("r"), **kw),)
+        return (_adapter("ffn", "sequential", kw.pop("r"), learn_gate=o.bool("learn_gate", False),
+                         **kw),)
     if name in ("pa", "sa", "scaled_pa"):
         at = o.choice("at", "ffn", ADAPTER_AT)
         scaled = name == "scaled_pa"
         kw = _adapter_options(o, at, r=512, s=4.0 if scaled else 1.0,
                               init="lora" if scaled else "bert")
         insertion = "sequential" if name == "sa" else "parallel"
-        return (_adapter(at, insertion, kw.pop("r"), learn_s=o.bool("learn_s", False), **kw),)
+        return (_adapter(at, insertion, kw.pop("r"), learn_s=o.bool("learn_s", False),
+                         learn_gate=o.bool("learn_gate", False), **kw),)
     if name == "mh_pa":  # ln=None, s=None: the reference's for the base (Term.resolve)
-        r, init = o.positive_int("r", 30), o.choice("init", "bert", INITS)
+        r, init = o.positive_int("r", 30), o.choice("init", "bert", ("bert", "lora"))
         return (_adapter("heads", "parallel", r, init=init,
                          ln=o.choice("ln", None, ("in", "none")),
                          s=o.float("s", None, low=0.0, low_open=True),
-                         dropout=o.float("dropout", None, low=0.0, high=1.0, high_open=True)),)
+                         dropout=o.float("dropout", None, low=0.0, high=1.0, high_open=True),
+                         learn_gate=o.bool("learn_gate", False)),)
     if name == "mam":
         prefix = _prefix(o, l=30, gate="concat")
         kw = _adapter_options(o, "ffn", r=512, s=4.0, init="lora")
@@ -391,8 +531,8 @@ def preset_terms(name: str, o: Options) -> tuple[Term, ...]:
 
 
 PRESETS = ("none", "full", "bitfit", "masked", "prompt", "prefix", "prefix_gated",
-           "prefix_nogate", "lora", "houlsby", "pfeiffer", "pa", "sa", "scaled_pa", "mh_pa",
-           "mam")
+           "prefix_nogate", "lora", "rslora", "dora", "ia3", "houlsby", "pfeiffer", "pa", "sa",
+           "scaled_pa", "mh_pa", "mam", "unipelt")
 
 
 def parse_method(text: "str | Method", *, train_head: bool = True) -> Method:
