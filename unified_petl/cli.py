@@ -8,9 +8,11 @@
     unified-petl count   --base bart-large --method 'mam(l=30, r=512)' [--json]
     unified-petl export  --workdir /tmp/mam --format peft|adapters --out DIR [--best]
 
-eval, predict and export read the run's config from WORKDIR/config.json (the trainer writes it) unless
---config is given; --config.KEY=VALUE overrides apply either way. `eval --split S` scores the
-whole split S with the task's decoding and metric (see unified_petl.train.inference).
+eval, predict and export read the run's config from WORKDIR/config.json (the trainer writes
+it) unless --config is given; --config.KEY=VALUE overrides apply either way. `eval --split S`
+scores the whole split S with the task's decoding and metric (see
+unified_petl.train.inference). `export` writes the Δh as a PEFT or AdapterHub adapter folder
+(see unified_petl.exchange).
 
 Exit codes (ONE line on stderr for each failure; UNIFIED_PETL_DEBUG=1 shows the traceback):
   0    done

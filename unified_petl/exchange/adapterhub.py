@@ -27,7 +27,9 @@ models/bart, mbart, roberta: where the adapter layers are called):
 - dropout: AdapterHub drops the adapter output, ours the hidden activation; the rate is
   exported, the place differs (training only: evaluation has no dropout).
 Refused with one line: the multi-head adapter, the ungated prefix ablation (prefix_nogate),
-prompt tuning, LoRA (use --format peft), masked offsets (BitFit), full fine-tuning.
+learned gates (learn_gate, unipelt: adapters' use_gating averages the gate over the sequence,
+ours gates each position), prompt tuning, LoRA / DoRA / IA3 (use --format peft), masked
+offsets (BitFit), full fine-tuning.
 """
 from __future__ import annotations
 
@@ -98,10 +100,15 @@ def _check(ex: Export) -> None:
             if ex.cfg.pre_ln:
                 raise ex.refuse(fmt, "a parallel attention adapter on mBART: AdapterHub feeds "
                                 "it the un-normalised residual, ours reads LN(x)")
-        if term.form in ("lora", "prompt", "masked"):
-            what = {"lora": "LoRA (export it with --format peft)", "prompt": "prompt tuning",
+        if term.form in ("lora", "ia3", "prompt", "masked"):
+            what = {"lora": "LoRA (export it with --format peft)",
+                    "ia3": "IA3 (export it with --format peft)", "prompt": "prompt tuning",
                     "masked": "masked offsets (BitFit)"}[term.form]
             raise ex.refuse(fmt, f"{what} is not exported to AdapterHub ({term.short()})")
+        if term.learn_gate:  # adapters' use_gating averages σ(W x) over the sequence (modeling.py
+            # Adapter.forward: torch.mean(gate, dim=1)); ours gates every position
+            raise ex.refuse(fmt, "AdapterHub's gate (use_gating) is the mean over the sequence, "
+                            "ours (learn_gate, unipelt) gates every position")
     if not ex.method.terms:
         raise ex.refuse(fmt, "the method has no Δh term to export")
 

@@ -1,10 +1,17 @@
 """Δh <-> Hugging Face PEFT adapter folders (adapter_config.json + adapter_model.safetensors).
 
-Export (`write`): LoRA terms, for `peft.PeftModel.from_pretrained(transformers_model, DIR)`.
-PEFT's LoRA computes y = W x + b + (α/r) B A drop(x) (peft/tuners/lora/layer.py, Linear.forward),
-ours (α/r) drop(x) A B in [d_in, d_out] layout: lora_A.weight = Aᵀ [r, d_in], lora_B.weight =
-Bᵀ [d_out, r], lora_alpha = s·r. A new task head travels as `modules_to_save` (PEFT's own
-layout for SEQ_CLS: base_model.model.classifier.*).
+Export (`write`): LoRA (rsLoRA, DoRA) or IA3 terms, for
+`peft.PeftModel.from_pretrained(transformers_model, DIR)`; a new task head travels as
+`modules_to_save` (PEFT's layout for SEQ_CLS: base_model.model.classifier.*).
+- LoRA: PEFT computes y = W x + b + s·B A drop(x) (peft/tuners/lora/layer.py Linear.forward),
+  ours s·drop(x) A B in [d_in, d_out] layout: lora_A.weight = Aᵀ [r, d_in], lora_B.weight =
+  Bᵀ [d_out, r], lora_alpha = s·r (s·√r with use_rslora, our rslora=true). Terms with other
+  r or alpha: rank_pattern / alpha_pattern.
+- DoRA: use_dora=True, our lora_magnitude [d_out] as `lora_magnitude_vector`
+  (peft/tuners/lora/dora.py; `unified_petl.delta.dora`).
+- IA3: peft_type IA3, our `ia3_l` as `ia3_l` [d_out, 1] (output targets) or [1, d_in] (the
+  input targets, PEFT's feedforward_modules; peft/tuners/ia3/layer.py).
+PEFT holds one tuner type per folder: LoRA with IA3, DoRA with plain LoRA are refused.
 
 Refused, each with one line (PEFT cannot hold the term, and dropping it would change the
 function):
@@ -15,11 +22,12 @@ function):
   cross-attention and keep the positions (REFERENCE.md). On RoBERTa, PEFT's prefix tuning of
   a classifier raises "Model does not support past key values" (the model's keyword is
   `cache` now) and would shift the positions by l as well (RobertaEmbeddings cache_length).
+- learned gates (learn_gate, unipelt): PEFT has no gated LoRA.
 - adapters, the multi-head adapter, prompts, masked offsets (BitFit), full fine-tuning: PEFT
   has no such tuner with our placement.
 
-Import (`read`): a PEFT LoRA folder -> (model, Δh) with a `lora(...)` method, exact: the same
-per-projection products and scale. A PEFT adapter that does not put LoRA on every projection
+Import (`read`): a PEFT LORA (plain, rsLoRA, DoRA) or IA3 folder -> (model, Δh) with a
+`lora(...)` / `ia3(...)` method, exact. A PEFT adapter that does not adapt every projection
 of a target (layers_to_transform, a narrower regex) is refused: our term covers every layer.
 """
 from __future__ import annotations
@@ -58,57 +66,104 @@ def _target_pattern(names: list[str]) -> str:
     return "|".join(generic)
 
 
-def write(ex: Export, out_dir: str) -> list[str]:
-    """Write `ex` as a PEFT LoRA adapter into the (new, empty) folder `out_dir`."""
-    from safetensors.numpy import save_file
+def _target_of(site: tuple[str, ...]) -> str:
+    from unified_petl.models.layers import projection_target
 
+    return projection_target(site)
+
+
+def _check_terms(ex: Export) -> str:
+    """'LORA' or 'IA3': the PEFT tuner that holds the method; else one-line refusals."""
     fmt = "PEFT"
+    for term in ex.method.terms:
+        if term.learn_gate:
+            raise ex.refuse(fmt, f"PEFT has no learned gate (learn_gate, unipelt) on "
+                            f"{term.form} ({term.short()})")
     for term in ex.method.terms:
         if term.form == "prefix":
             raise ex.refuse(fmt, "PEFT's prefix tuning holds (m)BART decoder self-attention "
                             "prefixes only and shifts positions by l (RoBERTa: it does not run "
                             "on transformers 5), while this prefix also sits in the encoder and "
                             "cross-attention; use --format adapters")
-        if term.form != "lora":
+        if term.form not in ("lora", "ia3"):
             what = {"adapter": "bottleneck adapters" if term.at != "heads"
                     else "the multi-head adapter", "prompt": "prompt tuning",
                     "masked": "masked offsets (BitFit)"}.get(term.form, term.form)
             raise ex.refuse(fmt, f"PEFT has no counterpart of {what} ({term.short()}); "
-                            "export LoRA methods to PEFT, adapters and prefixes with "
+                            "export LoRA and IA3 to PEFT, adapters and prefixes with "
                             "--format adapters")
-    lora = ex.method.of("lora")
-    if not lora:
-        raise ex.refuse(fmt, "the method has no LoRA term to export")
+    lora, ia3 = ex.method.of("lora"), ex.method.of("ia3")
+    if lora and ia3:
+        raise ex.refuse(fmt, "a PEFT folder holds one tuner type, and this method has LoRA and "
+                        "IA3 terms")
+    if not lora and not ia3:
+        raise ex.refuse(fmt, "the method has no LoRA or IA3 term to export")
+    if len({t.dora for t in lora}) > 1:
+        raise ex.refuse(fmt, "PEFT's use_dora holds for the whole adapter, and this method "
+                        "mixes DoRA and plain LoRA terms")
     if len({t.dropout for t in lora}) > 1:
         raise ex.refuse(fmt, "its LoRA terms have different dropouts; PEFT has one "
                         "lora_dropout per adapter")
-    from unified_petl.models.layers import LORA_NAMES
+    return "LORA" if lora else "IA3"
 
-    tensors, by_term = {}, defaultdict(list)
+
+def _common_config(ex: Export, kind: str) -> dict:
+    return {"peft_type": kind, "task_type": _task_type(ex), "peft_version": PEFT_LAYOUT,
+            "base_model_name_or_path": ex.base_name, "revision": None, "inference_mode": True,
+            "fan_in_fan_out": False,
+            "modules_to_save": ["classifier"] if ex.new_head else None}
+
+
+def _lora_config(ex: Export, tensors: dict) -> dict:
+    by_term = defaultdict(list)
     for site in sites(ex.delta, "lora_a"):
         name = ex.module(site)
         tensors[f"{PREFIX}{name}.lora_A.weight"] = ex.delta[site + ("lora_a",)].T
         tensors[f"{PREFIX}{name}.lora_B.weight"] = ex.delta[site + ("lora_b",)].T
-        target = next(t for t, names in LORA_NAMES.items() if site[-1] in names)
-        by_term[ex.method.lora_for(target)].append(name)
-    for key, value in ex.head_tensors().items():
-        tensors[PREFIX + key] = value
-    first = lora[0]
-    config = {
-        "peft_type": "LORA", "task_type": _task_type(ex), "peft_version": PEFT_LAYOUT,
-        "base_model_name_or_path": ex.base_name, "revision": None, "inference_mode": True,
-        "r": first.size, "lora_alpha": first.scale * first.size,
-        "lora_dropout": float(first.dropout), "use_rslora": False, "use_dora": False,
-        "target_modules": _target_pattern([n for names in by_term.values() for n in names]),
-        "rank_pattern": {}, "alpha_pattern": {}, "bias": "none", "fan_in_fan_out": False,
-        "init_lora_weights": True, "layers_to_transform": None, "layers_pattern": None,
-        "modules_to_save": ["classifier"] if ex.new_head else None,
-    }
+        if site + ("lora_magnitude",) in ex.delta:
+            tensors[f"{PREFIX}{name}.lora_magnitude_vector"] = ex.delta[site + ("lora_magnitude",)]
+        by_term[ex.method.lora_for(_target_of(site))].append(name)
+    terms = ex.method.of("lora")
+    rslora = all(t.rslora for t in terms)  # else every alpha as s·r: the same function
+    alpha = lambda t: t.scale * (math.sqrt(t.size) if rslora else t.size)  # noqa: E731
+    first = terms[0]
+    config = {**_common_config(ex, "LORA"), "r": first.size, "lora_alpha": alpha(first),
+              "lora_dropout": float(first.dropout), "use_rslora": rslora,
+              "use_dora": first.dora, "bias": "none", "init_lora_weights": True,
+              "target_modules": _target_pattern([n for ns in by_term.values() for n in ns]),
+              "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
+              "layers_pattern": None}
     for term, names in by_term.items():
-        if (term.size, term.scale) != (first.size, first.scale):
+        if (term.size, alpha(term)) != (first.size, alpha(first)):
             pattern = _target_pattern(names)
             config["rank_pattern"][pattern] = term.size
-            config["alpha_pattern"][pattern] = term.scale * term.size
+            config["alpha_pattern"][pattern] = alpha(term)
+    return config
+
+
+def _ia3_config(ex: Export, tensors: dict) -> dict:
+    names, inputs = [], []
+    for site in sites(ex.delta, "ia3_l"):
+        name, l = ex.module(site), ex.delta[site + ("ia3_l",)]
+        on_input = _target_of(site) in ex.method.ia3_for(_target_of(site)).input_targets
+        tensors[f"{PREFIX}{name}.ia3_l"] = l[None, :] if on_input else l[:, None]
+        names.append(name)
+        if on_input:
+            inputs.append(name)
+    return {**_common_config(ex, "IA3"), "target_modules": _target_pattern(names),
+            "feedforward_modules": _target_pattern(inputs) if inputs else None,
+            "init_ia3_weights": True}
+
+
+def write(ex: Export, out_dir: str) -> list[str]:
+    """Write `ex` as a PEFT LoRA / IA3 adapter into the (new, empty) folder `out_dir`."""
+    from safetensors.numpy import save_file
+
+    kind = _check_terms(ex)
+    tensors: dict[str, np.ndarray] = {}
+    config = _lora_config(ex, tensors) if kind == "LORA" else _ia3_config(ex, tensors)
+    for key, value in ex.head_tensors().items():
+        tensors[PREFIX + key] = value
     with open(os.path.join(out_dir, CONFIG), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
     save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()},
@@ -117,11 +172,13 @@ def write(ex: Export, out_dir: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- import
-# adapter_config.json keys that change what the adapter computes in ways our lora cannot
+# adapter_config.json keys that change what the adapter computes in ways our terms cannot
 # hold: each must be absent or falsy ("none" for bias).
-UNSUPPORTED = ("use_dora", "fan_in_fan_out", "layer_replication", "target_parameters",
+UNSUPPORTED = ("fan_in_fan_out", "layer_replication", "target_parameters",
                "trainable_token_indices", "lora_bias", "use_qalora", "use_bdlora",
                "alora_invocation_tokens", "megatron_config")
+LEAVES = {"LORA": (".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector"),
+          "IA3": (".ia3_l",)}
 
 
 def read_weights(folder: str) -> dict[str, np.ndarray]:
@@ -148,98 +205,149 @@ def read_weights(folder: str) -> dict[str, np.ndarray]:
                             "damaged or not a PEFT adapter") from None
 
 
-def _scale_of(config: dict, name: str, r: int) -> float:
-    """PEFT's scaling of module `name` (lora_alpha / r, or / √r with use_rslora), with the
-    alpha_pattern rule of peft.utils.other.get_pattern_key."""
-    alpha = config.get("lora_alpha", 8)
+def _alpha_of(config: dict, name: str) -> float:
     for pattern, value in (config.get("alpha_pattern") or {}).items():
         if re.match(rf"(.*\.)?({pattern})$", name):
-            alpha = value
-            break
-    return float(alpha) / (math.sqrt(r) if config.get("use_rslora") else r)
+            return float(value)
+    return float(config.get("lora_alpha", 8))
 
 
-def read(folder: str, base) -> tuple[Any, dict]:
-    """A PEFT LoRA folder -> (model built on base.config with its lora method, Δh tree)."""
-    import jax.numpy as jnp
-    from flax import traverse_util
-
-    from unified_petl.build import build, shape_tree
-    from unified_petl.models.config import arch_config
-    from unified_petl.models.layers import LORA_NAMES
-    from unified_petl.models.loading import _strip_body_prefix, hf_key
-
-    with open(os.path.join(folder, CONFIG)) as f:
-        config = json.load(f)
+def _check_config(folder: str, config: dict) -> str:
     kind = config.get("peft_type")
-    if kind != "LORA":
+    if kind not in LEAVES:
         raise ExchangeError(f"{folder} holds a PEFT {kind} adapter; import_delta reads LORA "
-                            "adapters")
+                            "(plain, rsLoRA, DoRA) and IA3 adapters")
     for key in UNSUPPORTED:
         if config.get(key):
             raise ExchangeError(f"{folder}: PEFT option {key}={config[key]!r} has no "
-                                "counterpart in unified-petl's lora; import adapters without it")
+                                "counterpart in unified-petl; import adapters without it")
     if config.get("bias", "none") != "none":
         raise ExchangeError(f"{folder}: bias={config['bias']!r} trains biases besides LoRA; "
                             "import_delta reads adapters with bias='none'")
     extra = [m for m in (config.get("modules_to_save") or []) if m not in ("classifier", "score")]
     if extra:
         raise ExchangeError(f"{folder}: modules_to_save {extra} (whole trained modules) have "
-                            "no place in a LoRA Δh; only a classification head does")
+                            "no place in a Δh; only a classification head does")
+    return kind
+
+
+def read(folder: str, base) -> tuple[Any, dict]:
+    """A PEFT LoRA / IA3 folder -> (model built on base.config with its method, Δh tree)."""
+    from unified_petl.models.config import arch_config
+    from unified_petl.models.loading import _strip_body_prefix
+
+    with open(os.path.join(folder, CONFIG)) as f:
+        config = json.load(f)
+    kind = _check_config(folder, config)
     cfg = arch_config(base.config)
     raw = {k.removeprefix(PREFIX): v for k, v in read_weights(folder).items()}
     state = {_strip_body_prefix(k): v for k, v in raw.items()}
     # PEFT matches rank / alpha patterns against the module names in its model (with the body)
     full_name = {_strip_body_prefix(k): k for k in raw}
     odd = sorted(k for k in state if not k.startswith("classifier.")
-                 and not re.search(r"\.lora_[AB]\.weight$", k))
+                 and not k.endswith(LEAVES[kind]))
     if odd:
-        raise ExchangeError(f"{folder}: weights {odd[:3]} are not LoRA factors of a linear "
-                            "layer (embedding LoRA, DoRA magnitudes ...); import_delta reads "
-                            "plain LoRA")
+        raise ExchangeError(f"{folder}: weights {odd[:3]} are not {kind} weights of a linear "
+                            "layer (embedding LoRA ...); import_delta reads linear layers")
+    leaf = LEAVES[kind][0]
+    found = _sites(folder, cfg, base, [k[:-len(leaf)] for k in state if k.endswith(leaf)])
+    if kind == "LORA":
+        method, flat = _lora(folder, config, state, found, full_name)
+    else:
+        method, flat = _ia3(folder, state, found)
+    return _build(folder, config, base, cfg, method, flat, state)
 
-    # every LoRA site our model has, by transformers name
+
+def _sites(folder: str, cfg, base, names: list[str]) -> dict[str, tuple]:
+    """{transformers module name: our module path} for the adapted modules; refuses a module
+    our terms cannot reach and a target not adapted at every one of its projections."""
+    from flax import traverse_util
+
+    from unified_petl.build import build, shape_tree
+
     probe = build(base.config, f"lora(r=1, at={'+'.join(LORA_TARGETS)})",
                   num_labels=0 if not cfg.seq2seq else None, pretrained_head=False)
-    names = {module_name(site, cfg.seq2seq): site
+    every = {module_name(site, cfg.seq2seq): site
              for site in sites(traverse_util.flatten_dict(shape_tree(probe, "delta")), "lora_a")}
-    found, unknown = {}, []
-    for key in state:
-        if key.endswith(".lora_A.weight"):
-            name = key[:-len(".lora_A.weight")]
-            (found.__setitem__(name, names[name]) if name in names else unknown.append(name))
+    unknown = [n for n in names if n not in every]
     if unknown:
-        raise ExchangeError(f"{folder}: LoRA on {unknown[:3]}, which unified-petl's lora "
+        raise ExchangeError(f"{folder}: adapts {unknown[:3]}, which unified-petl's terms "
                             f"cannot target on this {cfg.kind} base (targets: "
                             f"{', '.join(LORA_TARGETS)})")
-    if not found:
-        raise ExchangeError(f"{folder} holds no LoRA weights")
-    groups: dict[str, dict] = {}
-    for name, site in found.items():
-        target = next(t for t, mods in LORA_NAMES.items() if site[-1] in mods)
-        r = int(state[f"{name}.lora_A.weight"].shape[0])
-        spec = (r, _scale_of(config, full_name[f"{name}.lora_A.weight"][:-len(".lora_A.weight")],
-                             r))
-        group = groups.setdefault(target, {"spec": spec, "sites": []})
-        if group["spec"] != spec:
-            raise ExchangeError(f"{folder}: the {target} projections have different ranks or "
-                                "alphas; unified-petl's lora has one r and scale per target")
-        group["sites"].append(site)
-    for target, group in groups.items():
-        every = [s for n, s in names.items() if s[-1] in LORA_NAMES[target]]
-        if len(group["sites"]) != len(every):
-            raise ExchangeError(f"{folder}: LoRA on {len(group['sites'])} of the {len(every)} "
-                                f"{target} projections (layers_to_transform or a narrower "
-                                "target_modules); unified-petl's lora term covers every one")
+    if not names:
+        raise ExchangeError(f"{folder} holds no adapter weights")
+    found = {n: every[n] for n in names}
+    for target in {_target_of(s) for s in found.values()}:
+        have = sum(_target_of(s) == target for s in found.values())
+        total = sum(_target_of(s) == target for s in every.values())
+        if have != total:
+            raise ExchangeError(f"{folder}: adapts {have} of the {total} {target} projections "
+                                "(layers_to_transform or a narrower target_modules); a "
+                                "unified-petl term covers every one")
+    return found
 
-    by_spec = defaultdict(list)
-    for target in LORA_TARGETS:  # a canonical order of targets
-        if target in groups:
-            by_spec[groups[target]["spec"]].append(target)
+
+def _by_target(folder: str, found: dict, spec_of) -> dict:
+    """{spec: [targets]} with one spec per target (refused when a target's sites differ)."""
+    specs: dict[str, Any] = {}
+    for name, site in found.items():
+        target, spec = _target_of(site), spec_of(name)
+        if specs.setdefault(target, spec) != spec:
+            raise ExchangeError(f"{folder}: the {target} projections are adapted differently "
+                                f"({specs[target]} and {spec}); a unified-petl term has one "
+                                "setting per target")
+    grouped = defaultdict(list)
+    for target in LORA_TARGETS:  # a canonical order
+        if target in specs:
+            grouped[specs[target]].append(target)
+    return grouped
+
+
+def _lora(folder, config, state, found, full_name):
+    rslora, dora = bool(config.get("use_rslora")), bool(config.get("use_dora"))
     dropout = float(config.get("lora_dropout", 0.0) or 0.0)
-    method = "+".join(
-        f"lora(r={r}, alpha={s * r!r}, at={'+'.join(targets)}, dropout={dropout!r})"
-        for (r, s), targets in by_spec.items())
+
+    def spec_of(name):
+        r = int(state[f"{name}.lora_A.weight"].shape[0])
+        return r, _alpha_of(config, full_name[f"{name}.lora_A.weight"][:-len(".lora_A.weight")])
+
+    options = (", rslora=true" if rslora else "") + (", dora=true" if dora else "")
+    method = "+".join(f"lora(r={r}, alpha={alpha!r}, at={'+'.join(targets)}, "
+                      f"dropout={dropout!r}{options})"
+                      for (r, alpha), targets in _by_target(folder, found, spec_of).items())
+    flat = {}
+    for name, site in found.items():
+        flat[site + ("lora_a",)] = state[f"{name}.lora_A.weight"].T
+        flat[site + ("lora_b",)] = state[f"{name}.lora_B.weight"].T
+        if dora:
+            key = f"{name}.lora_magnitude_vector"
+            if key not in state:
+                raise ExchangeError(f"{folder}: use_dora=true but {key} is missing")
+            flat[site + ("lora_magnitude",)] = state[key]
+    return method, flat
+
+
+def _ia3(folder, state, found):
+    def spec_of(name):  # [1, d_in]: the input is scaled (feedforward); [d_out, 1]: the output
+        return state[f"{name}.ia3_l"].shape[0] == 1 and state[f"{name}.ia3_l"].ndim == 2
+
+    grouped = _by_target(folder, found, spec_of)
+    targets = [t for t in LORA_TARGETS if any(t in ts for ts in grouped.values())]
+    inputs = grouped.get(True, [])
+    method = f"ia3(at={'+'.join(targets)}, inputs={'+'.join(inputs) or 'none'})"
+    flat = {site + ("ia3_l",): state[f"{name}.ia3_l"].reshape(-1) for name, site in found.items()}
+    return method, flat
+
+
+def _build(folder, config, base, cfg, method: str, flat: dict, state: dict):
+    """The model of `method` with the head the folder holds (or the base's), and its Δh tree
+    from `flat` plus the head; every Δh leaf must come from the folder, in shape."""
+    import jax.numpy as jnp
+    from flax import traverse_util
+
+    from unified_petl.build import build, shape_tree
+    from unified_petl.models.loading import hf_key
+
     head = {k: v for k, v in state.items() if k.startswith("classifier.")}
     num_labels, pretrained_head = None, None
     if head:
@@ -251,12 +359,7 @@ def read(folder: str, base) -> tuple[Any, dict]:
     elif not cfg.seq2seq and not base.has_head:
         num_labels = 0
     model = build(base.config, method, num_labels=num_labels, pretrained_head=pretrained_head)
-
     expected = traverse_util.flatten_dict(shape_tree(model, "delta"))
-    flat = {}
-    for name, site in found.items():
-        flat[site + ("lora_a",)] = state[f"{name}.lora_A.weight"].T
-        flat[site + ("lora_b",)] = state[f"{name}.lora_B.weight"].T
     for path in expected:
         if path[0].startswith("classifier"):
             key = hf_key(path, False)
