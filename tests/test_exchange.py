@@ -5,6 +5,7 @@ AdapterHub parity needs adapters 1.3 in its own venv: `make check-adapters`
 (tests/adapterhub/check_adapters.py); here only its file layout is pinned."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -300,3 +301,15 @@ def test_cli_export_end_to_end(run, capsys, tmp_path):
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.count("\n") == 1 and words in err, err
     assert not os.path.exists(tmp_path / "ah")
+
+
+def test_readme_interop_table_names_every_preset():
+    from unified_petl.delta.spec import PRESETS
+
+    readme = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md"),
+                  encoding="utf-8").read()
+    section = readme[readme.index("## Exchanging Δh with PEFT and AdapterHub"):]
+    section = section[:section.index("\n## ")]
+    named = {name for row in section.splitlines() if row.startswith("| `")
+             for name in re.findall(r"`(\w+)`", row.split("|")[1])}
+    assert set(PRESETS) <= named, sorted(set(PRESETS) - named)

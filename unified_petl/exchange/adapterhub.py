@@ -87,30 +87,30 @@ def _check(ex: Export) -> None:
     if ex.cfg.kind not in KINDS:
         raise ex.refuse(fmt, f"the AdapterHub layout is checked for {', '.join(KINDS)} "
                         f"bases only, not {ex.cfg.kind}")
+    if not ex.method.terms:
+        raise ex.refuse(fmt, "the method has no Δh term to export")
+    for term in ex.method.terms:
+        if term.learn_gate:  # adapters' use_gating: torch.mean(σ(W x), dim=1) (modeling.py)
+            raise ex.refuse(fmt, "AdapterHub's gate (use_gating) is the mean over the "
+                            "sequence, ours (learn_gate, unipelt) gates every position")
     for term in ex.method.terms:
         if term.form == "adapter" and term.at == "heads":
             raise ex.refuse(fmt, "AdapterHub has no multi-head adapter (mh_pa)")
-        if term.form == "prefix" and term.composition != "gated":
-            raise ex.refuse(fmt, "AdapterHub's prefix tuning is the gated (concatenated) form; "
-                            "the ungated ablation (prefix_nogate) has no counterpart")
-        if term.form == "adapter" and term.at == "attn" and term.insertion == "parallel":
+        elif term.form == "adapter" and term.at == "attn" and term.insertion == "parallel":
             if term.layernorm == "out":
                 raise ex.refuse(fmt, "a parallel attention adapter with ln=out: AdapterHub adds "
                                 "it after W_o, and W_o cannot be folded through the LayerNorm")
             if ex.cfg.pre_ln:
                 raise ex.refuse(fmt, "a parallel attention adapter on mBART: AdapterHub feeds "
                                 "it the un-normalised residual, ours reads LN(x)")
-        if term.form in ("lora", "ia3", "prompt", "masked"):
+        elif term.form == "prefix" and term.composition != "gated":
+            raise ex.refuse(fmt, "AdapterHub's prefix tuning is the gated (concatenated) form; "
+                            "the ungated ablation (prefix_nogate) has no counterpart")
+        elif term.form not in ("adapter", "prefix"):
             what = {"lora": "LoRA (export it with --format peft)",
                     "ia3": "IA3 (export it with --format peft)", "prompt": "prompt tuning",
-                    "masked": "masked offsets (BitFit)"}[term.form]
+                    "masked": "masked offsets (BitFit)"}.get(term.form, f"{term.form} terms")
             raise ex.refuse(fmt, f"{what} is not exported to AdapterHub ({term.short()})")
-        if term.learn_gate:  # adapters' use_gating averages σ(W x) over the sequence (modeling.py
-            # Adapter.forward: torch.mean(gate, dim=1)); ours gates every position
-            raise ex.refuse(fmt, "AdapterHub's gate (use_gating) is the mean over the sequence, "
-                            "ours (learn_gate, unipelt) gates every position")
-    if not ex.method.terms:
-        raise ex.refuse(fmt, "the method has no Δh term to export")
 
 
 def _bn_config(ex: Export, term) -> dict:
