@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Multi-device tests simulate 8 CPU devices; pytest-xdist uses both cores of a CI machine.
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean check-adapters
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,5 +23,19 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS) tests
 
+# AdapterHub parity (not part of `make test`): adapters 1.3 pins transformers 4.57, so it gets
+# its own venv; our side exports in $(VENV). Prints max |ours - AdapterHub| per method.
+ADAPTERS_VENV := .venv-adapters
+
+$(ADAPTERS_VENV)/.installed:
+	test -x $(ADAPTERS_VENV)/bin/python || $(PYTHON) -m venv $(ADAPTERS_VENV)
+	$(ADAPTERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(ADAPTERS_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(ADAPTERS_VENV)/bin/python -m pip install --quiet 'adapters==1.3.*' torch==2.13.0 safetensors numpy
+	touch $@
+
+check-adapters: $(VENV)/.installed $(ADAPTERS_VENV)/.installed
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) tests/adapterhub/check_adapters.py --adapters-python $(ADAPTERS_VENV)/bin/python
+
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(ADAPTERS_VENV) *.egg-info

@@ -1,4 +1,4 @@
-"""The command line: unified-petl train | eval | predict | sweep | report | count.
+"""The command line: unified-petl train | eval | predict | sweep | report | count | export.
 
     unified-petl train   --config configs/demo/mam.py --workdir /tmp/mam [--config.optim.lr=1e-3]
     unified-petl eval    --workdir /tmp/mam [--best] [--split test]  # reads WORKDIR/config.json
@@ -6,10 +6,13 @@
     unified-petl sweep   --config configs/glue/mam.py:sst2 --seeds 42,2,4,6,8 --workdir-root R
     unified-petl report  R [R2 ...] [--json]
     unified-petl count   --base bart-large --method 'mam(l=30, r=512)' [--json]
+    unified-petl export  --workdir /tmp/mam --format peft|adapters --out DIR [--best]
 
-eval and predict read the run's config from WORKDIR/config.json (the trainer writes it) unless
---config is given; --config.KEY=VALUE overrides apply either way. `eval --split S` scores the
-whole split S with the task's decoding and metric (see unified_petl.train.inference).
+eval, predict and export read the run's config from WORKDIR/config.json (the trainer writes
+it) unless --config is given; --config.KEY=VALUE overrides apply either way. `eval --split S`
+scores the whole split S with the task's decoding and metric (see
+unified_petl.train.inference). `export` writes the Δh as a PEFT or AdapterHub adapter folder
+(see unified_petl.exchange).
 
 Exit codes (ONE line on stderr for each failure; UNIFIED_PETL_DEBUG=1 shows the traceback):
   0    done
@@ -118,6 +121,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, help="a preset, e.g. 'mam(l=30, r=512)'")
     p.add_argument("--num-labels", type=int, default=0, help="classification head size")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    text = ("write a run's Δh (latest checkpoint, or --best: the selected one) as a PEFT or "
+            "AdapterHub adapter folder")
+    p = sub.add_parser("export", help=text, description=text + ": peft holds LoRA, adapters "
+                       "(AdapterHub) holds bottleneck adapters, prefixes and MAM; a term the "
+                       "format cannot hold is refused, never dropped." + overrides)
+    _run_arguments(p)
+    p.add_argument("--format", required=True, choices=("peft", "adapters"),
+                   help="peft: Hugging Face PEFT; adapters: AdapterHub (adapters 1.3)")
+    p.add_argument("--out", required=True, help="a new (or empty) folder for the adapter")
     return parser
 
 
@@ -197,6 +210,14 @@ def _predict(args, overrides) -> None:
     print(json.dumps(results, indent=2))
 
 
+def _export(args, overrides) -> None:
+    from unified_petl.exchange import export_run
+
+    config = _load(args, overrides)
+    print(json.dumps(export_run(config, args.workdir, args.out, format=args.format,
+                                best=args.best), indent=2))
+
+
 def _sweep(args, overrides) -> None:
     from unified_petl import report
     from unified_petl.sweep import parse_seeds, seed_workdir, sweep
@@ -250,7 +271,8 @@ def quiet_libraries() -> None:
 
 
 # Subcommands that print their own output (train prints its results in main).
-COMMANDS = {"eval": _eval, "predict": _predict, "sweep": _sweep, "report": _report}
+COMMANDS = {"eval": _eval, "predict": _predict, "sweep": _sweep, "report": _report,
+            "export": _export}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -259,7 +281,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = _parser().parse_args(rest)
     quiet_libraries()
     if overrides and args.command in ("count", "report"):
-        _fail(f"--config.* overrides apply to train, eval, predict and sweep, not "
+        _fail(f"--config.* overrides apply to train, eval, predict, sweep and export, not "
               f"{args.command}")
     debug = os.environ.get("UNIFIED_PETL_DEBUG") == "1"
 
