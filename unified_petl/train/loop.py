@@ -34,7 +34,7 @@ from unified_petl.train import selection
 from unified_petl.train.checkpoint import (Checkpointer, CheckpointMismatch, check_fingerprint,
                                            check_method, delta_file_problem, save_delta)
 from unified_petl.train.config import (RESUMABLE_CHANGES, check_config, resume_changes,
-                                       with_defaults)
+                                       run_record, with_defaults)
 from unified_petl.train.setup import build_run, decoder_start, encode_split
 from unified_petl.train.step import (global_batch, init_state, make_eval_step,
                                      make_mesh, make_train_step, replicate, split_trainable,
@@ -47,9 +47,13 @@ class TrainingDiverged(RuntimeError):
 
 
 def _setup_devices(config):
+    """The mesh of this run; with config.distributed, first joins the other processes
+    (jax.distributed.initialize with the config's launch keys) and logs one startup line."""
     if config.distributed:
-        jax.distributed.initialize()
+        _initialize_distributed(config)
     mesh = make_mesh(int(config.num_devices) or None)
+    if config.distributed:
+        startup_line(mesh)
     rows = config.batch_size // config.grad_accum
     if not config.max_tokens and rows % mesh.size:
         raise ValueError(f"batch_size={config.batch_size} with grad_accum={config.grad_accum} "
@@ -57,6 +61,68 @@ def _setup_devices(config):
                          f"{mesh.size} devices; use a batch_size divisible by "
                          f"{mesh.size * config.grad_accum}")
     return mesh
+
+
+def _initialize_distributed(config) -> None:
+    """jax.distributed.initialize with config.coordinator_address, num_processes, process_id
+    and local_device_ids ('' / 0 / -1 / (): JAX detects them from SLURM, Open MPI, a TPU VM).
+    Once per process: eval after train in one Python process reuses the connection."""
+    if jax.distributed.is_initialized():
+        return
+    kwargs = {}
+    if config.coordinator_address:
+        kwargs["coordinator_address"] = str(config.coordinator_address)
+    if int(config.num_processes):
+        kwargs["num_processes"] = int(config.num_processes)
+    if int(config.process_id) >= 0:
+        kwargs["process_id"] = int(config.process_id)
+    if tuple(config.local_device_ids):
+        kwargs["local_device_ids"] = [int(i) for i in config.local_device_ids]
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ValueError(
+            f"--config.distributed=true: jax.distributed.initialize failed "
+            f"({' '.join(str(e).split())[:200]}); outside SLURM, Open MPI or a TPU VM set "
+            "--config.coordinator_address=HOST:PORT, --config.num_processes=N and "
+            "--config.process_id=I (launch/multiprocess.sh does)") from None
+
+
+def startup_line(mesh) -> str:
+    """One line on every process (stderr) that shows at once whether the launch is the
+    intended one: process index and count, this host's devices, all devices, the mesh."""
+    import socket
+
+    local = jax.local_devices()
+    kinds = sorted({d.device_kind for d in local})
+    ids = [d.id for d in local]
+    line = (f"unified-petl: process {jax.process_index()} of {jax.process_count()} on "
+            f"{socket.gethostname()}: {len(local)} local {jax.default_backend()} device(s) "
+            f"{ids} ({', '.join(kinds)}), {jax.device_count()} global; mesh "
+            f"{dict(mesh.shape)}")
+    print(line, file=sys.stderr, flush=True)
+    unused = unused_gpus(os.environ, len(local), jax.default_backend())
+    if unused:
+        warn(unused)
+    return line
+
+
+def unused_gpus(env, local_devices: int, backend: str) -> Optional[str]:
+    """A warning when SLURM gave this node more GPUs than the processes on it drive (JAX's
+    SLURM detection gives a process one GPU, [SLURM_LOCALID]), else None."""
+    if backend != "gpu" or "SLURM_JOB_ID" not in env:
+        return None
+    try:
+        gpus = int(env.get("SLURM_GPUS_ON_NODE", "0"))
+        tasks = int(str(env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+                        or "1").split("(")[0].split(",")[0])
+    except ValueError:
+        return None
+    if gpus and local_devices * max(tasks, 1) < gpus:
+        return (f"SLURM gave this node {gpus} GPUs but its {tasks} process(es) drive "
+                f"{local_devices} each: {gpus - local_devices * tasks} idle; set "
+                "--config.local_device_ids (launch/slurm.sbatch does) or run one task per GPU")
+    return None
 
 
 def _eval_batch_size(config, mesh) -> int:
@@ -130,9 +196,10 @@ def train(config, workdir: str, *, base=None,
         # the checks passed: this config is the run's
         writer = MetricWriter(workdir, enabled=process0)
         writer.truncate_after(start)  # also 0: a run killed before its first checkpoint
+        recorded = run_record(config)  # without this process's launch settings
         if process0:
             with open(os.path.join(workdir, "config.json"), "w") as f:
-                f.write(config.to_json(indent=2))
+                f.write(recorded.to_json(indent=2))
 
         stream = _train_stream(train_data, run, config, mesh, position)
         train_step = make_train_step(model, optimizer, mesh, schedule=schedule,
@@ -146,7 +213,7 @@ def train(config, workdir: str, *, base=None,
         def save(step):
             ckpt.save(step, state, {"method": method_spec, "fingerprint": run.base.fingerprint,
                                     "data": stream.state(), "step": step,
-                                    "config": config.to_json()})
+                                    "config": recorded.to_json()})
 
         def save_trained_delta(path):
             # full: {params, delta}; otherwise the whole delta collection (a frozen head too)

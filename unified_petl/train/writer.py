@@ -106,21 +106,43 @@ def read_metrics(workdir: str) -> list[dict]:
 
 class Preemption:
     """SIGTERM (a scheduler's preemption notice) or Ctrl-C (SIGINT) -> `requested(step)`
-    turns True; `signal_name` says which.
+    turns True; `signal_name` says which. The trainer calls requested() at every step.
 
-    The handler only sets a flag: the trainer finishes the current step, saves, and returns.
-    A second Ctrl-C raises KeyboardInterrupt at once (no save). With several hosts the
-    decision must be the same on all of them, so it comes from JAX's preemption sync point
-    (every host stops at the same step).
+    One process: a Python handler for both signals only sets a flag: the trainer finishes the
+    current step, saves, and returns. A second Ctrl-C raises KeyboardInterrupt at once (no
+    save).
+
+    Several processes (jax.distributed): the decision must be the same on every process, or
+    one would save and leave while the others wait for it in a collective. JAX's preemption
+    service decides: jax.distributed.initialize installs its own SIGTERM handler, which tells
+    the other processes through the coordinator, and multihost_utils.
+    reached_preemption_sync_point(step) turns True on all of them at one step (the largest
+    step any of them had reached, plus one). So no Python SIGTERM handler is installed here
+    (it would replace JAX's, and then no process ever stops: the bug of issue 14). Ctrl-C
+    is passed on to JAX's handler as a SIGTERM to this process, so it stops every process at
+    one step too; a second Ctrl-C raises KeyboardInterrupt. With the preemption service off
+    (jax_enable_preemption_service=False) no handler is installed and a signal ends the
+    processes without a checkpoint (one warning line says so).
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
+        import jax
+
         self.flag = False
         self.signal_name = None
         self._previous = {}
-        for signum in self.SIGNALS:
+        self.multiprocess = jax.process_count() > 1
+        signals = self.SIGNALS
+        if self.multiprocess:
+            self._service = _preemption_service_running()
+            signals = (signal.SIGINT,) if self._service else ()
+            if not self._service:
+                warn("JAX's preemption service is off (jax_enable_preemption_service): "
+                     "SIGTERM or Ctrl-C ends the processes without a checkpoint; the latest "
+                     "periodic checkpoint is what a rerun resumes from")
+        for signum in signals:
             try:
                 self._previous[signum] = signal.signal(signum, self._handle)
             except ValueError:  # not the main thread (e.g. a notebook worker): no handler
@@ -135,18 +157,33 @@ class Preemption:
                   "once, without one)", file=sys.stderr, flush=True)
         self.flag = True
         self.signal_name = signal.Signals(signum).name
+        if self.multiprocess:  # JAX's handler tells every process: all stop at one step
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def requested(self, step: int) -> bool:
-        import jax
+        if not self.multiprocess:
+            return self.flag
+        if not self._service:
+            return False
+        from jax.experimental import multihost_utils
 
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            # The local flag alone could stop one host and hang the others.
-            return bool(multihost_utils.reached_preemption_sync_point(step))
-        return self.flag
+        # The local flag alone could stop one host and hang the others.
+        if multihost_utils.reached_preemption_sync_point(step):
+            self.signal_name = self.signal_name or "SIGTERM"  # Ctrl-C'd here, or elsewhere
+            return True
+        return False
 
     def restore(self) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous = {}
+
+
+def _preemption_service_running() -> bool:
+    """Whether jax.distributed.initialize started JAX's preemption sync manager (and with it
+    its SIGTERM handler)."""
+    try:
+        from jax._src import distributed
+    except ImportError:  # a JAX without the module: assume the documented default (on)
+        return True
+    return getattr(distributed.global_state, "preemption_sync_manager", None) is not None

@@ -1,0 +1,228 @@
+"""jax.distributed for real: 2 processes x 4 CPU devices on localhost (CPU collectives over
+Gloo), started by launch/multiprocess.sh with an explicit coordinator, process count and id,
+running the real CLI on a tiny BART, against one process with 8 devices (this one).
+
+One workdir goes through everything a cluster job meets, in order:
+  1. SIGTERM to both processes while they train: they agree on one step (JAX's preemption
+     sync point), save one checkpoint there, exit 75, and log nothing past it;
+  2. the rerun resumes there and is killed (kill -9, both) after a later checkpoint;
+  3. the next rerun resumes again and finishes: every logged loss and the final evaluation
+     equal the uninterrupted 1-process run.
+Then `eval --split validation` with 2 processes of the 1-process run's workdir (beam search
+split over the 8 devices of both): the same predictions, text for text, and the same scores
+as in one process. (The same checkpoint: a decoding comparison that no training noise can
+blur.)
+
+Run as a script, this file is the CLI with a test hook (`UP_TEST_PAUSE=STEP:FOLDER`): after
+STEP each process writes FOLDER/paused.<process index> and waits for FOLDER/go, so that the
+test can signal or kill both processes at a known step; afterwards every step sleeps
+UP_TEST_SLOW seconds (time for the preemption sync to go round).
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "launch", "multiprocess.sh")
+STEPS, EVERY = 12, 2
+OVERRIDES = ["num_devices=0", f"checkpoint_every={EVERY}", "keep_checkpoints=5",
+             "generate.num_beams=2", "generate.max_length=6"]
+TIMEOUT = 150  # seconds for one multi-process command, start to end
+
+
+def _pausing_hook():
+    """The hook of UP_TEST_PAUSE / UP_TEST_SLOW (see the module docstring)."""
+    import jax
+
+    at, folder = os.environ["UP_TEST_PAUSE"].split(":", 1)
+    at, slow = int(at), float(os.environ.get("UP_TEST_SLOW", "0"))
+
+    def hook(step, state):
+        if step == at:
+            with open(os.path.join(folder, f"paused.{jax.process_index()}"), "w"):
+                pass
+            deadline = time.time() + 100
+            while not os.path.exists(os.path.join(folder, "go")):
+                if time.time() > deadline:
+                    raise RuntimeError("test hook: nobody said go")
+                time.sleep(0.05)
+        elif step > at:
+            time.sleep(slow)
+
+    return hook
+
+
+def _main():  # the CLI, with the test hook when UP_TEST_PAUSE is set
+    if os.environ.get("UP_TEST_PAUSE"):
+        from unified_petl.train import loop
+
+        train, hook = loop.train, _pausing_hook()
+        loop.train = lambda config, workdir, **kw: train(config, workdir, hooks=[hook], **kw)
+    from unified_petl import cli
+
+    cli.main()
+
+
+if __name__ == "__main__":
+    _main()
+    sys.exit(0)
+
+# ----------------------------------------------------------------------------- the test
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import tiny_runs  # noqa: E402
+from unified_petl.train import Checkpointer, train  # noqa: E402
+from unified_petl.train.config import load_config, override  # noqa: E402
+from unified_petl.train.inference import evaluate  # noqa: E402
+from unified_petl.train.writer import read_metrics  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """The config file, the environment of the processes, and the 1-process reference:
+    a finished workdir, its losses, and its beam-search evaluation."""
+    cache = tiny_runs.enable_compile_cache(tmp_path_factory)
+    folder = tiny_runs.model_folder(tmp_path_factory, "bart")
+    data = str(tmp_path_factory.mktemp("data"))
+    train_file, eval_file = tiny_runs.write_data(data, "xsum")
+    config_file = tiny_runs.write_config_file(os.path.join(data, "tiny.py"), folder, train_file,
+                                              eval_file, task="xsum", steps=STEPS)
+    reference = str(tmp_path_factory.mktemp("reference"))
+    config = override(load_config(config_file), OVERRIDES)
+    results = train(config, reference)
+    evaluated = evaluate(config, reference, split="validation")
+    evaluated["texts"] = _texts(evaluated["predictions"])
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+               JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", JAX_COMPILATION_CACHE_DIR=cache,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", PYTHONUNBUFFERED="1",
+               UNIFIED_PETL=f"{sys.executable} {os.path.abspath(__file__)}",
+               PYTHON=sys.executable)
+    return {"config": config_file, "env": env, "reference": reference, "results": results,
+            "eval": evaluated}
+
+
+class Launch:
+    """launch/multiprocess.sh 2 ARGS in its own process group (signals go to all of it)."""
+
+    def __init__(self, setup, args, **env):
+        self.proc = subprocess.Popen(
+            [SCRIPT, "2", *args], env={**setup["env"], "COORDINATOR_PORT": str(_free_port()),
+                                       **env},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.deadline = time.time() + TIMEOUT
+
+    def signal(self, signum):
+        os.killpg(self.proc.pid, signum)
+
+    def wait_for(self, condition, what):
+        while not condition():
+            if self.proc.poll() is not None:
+                out, err = self.proc.communicate()
+                pytest.fail(f"ended (code {self.proc.returncode}) before {what}:\n{err[-3000:]}")
+            if time.time() > self.deadline:
+                self.signal(signal.SIGKILL)
+                pytest.fail(f"timed out waiting for {what}:\n{self.proc.communicate()[1][-3000:]}")
+            time.sleep(0.05)
+
+    def finish(self):
+        try:
+            out, err = self.proc.communicate(timeout=max(self.deadline - time.time(), 1))
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            out, err = self.proc.communicate()
+            pytest.fail(f"timed out:\n{err[-3000:]}")
+        return self.proc.returncode, out, err
+
+
+def _train_args(setup, workdir):
+    return ["train", "--config", setup["config"], "--workdir", workdir] + [
+        f"--config.{o}" for o in OVERRIDES]
+
+
+def _steps(workdir):
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        return ckpt.all_steps()
+    finally:
+        ckpt.close()
+
+
+def _texts(path):
+    with open(path) as f:
+        return [json.loads(line)["output"] for line in f]
+
+
+def _losses(workdir):
+    return {r["step"]: r["loss"] for r in read_metrics(workdir) if "loss" in r}
+
+
+def test_two_processes_preempted_killed_resumed_equal_one_process(setup, tmp_path):
+    workdir, pause = str(tmp_path / "run"), tmp_path / "pause"
+    pause.mkdir()
+
+    # 1. SIGTERM to both processes at step 3: one agreed step, one checkpoint there, exit 75
+    # (checkpoint_every=1000: the only checkpoint is the one the signal asks for)
+    run = Launch(setup, _train_args(setup, workdir) + ["--config.checkpoint_every=1000"],
+                 UP_TEST_PAUSE=f"3:{pause}", UP_TEST_SLOW="0.3")
+    run.wait_for(lambda: all((pause / f"paused.{i}").exists() for i in (0, 1)),
+                 "both processes reached step 3")
+    run.signal(signal.SIGTERM)
+    (pause / "go").touch()
+    code, out, err = run.finish()
+    assert code == 75, err[-3000:]
+    saved = [line for line in err.splitlines() if "SIGTERM: saved checkpoint" in line]
+    assert len(saved) == 2 and "Traceback" not in err, err[-3000:]
+    step = int(saved[0].split("saved checkpoint ")[1].split()[0])
+    assert all(f"saved checkpoint {step} " in line for line in saved), saved
+    assert 3 < step < STEPS and _steps(workdir) == [step], saved
+    assert max(_losses(workdir)) == step  # nothing logged past the checkpoint
+    assert sum("process 0 of 2" in line or "process 1 of 2" in line
+               for line in err.splitlines()) == 2  # the startup line of each process
+
+    # 2. the rerun resumes there; kill -9 both after a later checkpoint
+    for name in ("go", "paused.0", "paused.1"):
+        (pause / name).unlink()
+    kill_at = step + 3  # checkpoint step + 1 (or + 2) is saved by then
+    run = Launch(setup, _train_args(setup, workdir), UP_TEST_PAUSE=f"{kill_at}:{pause}")
+    run.wait_for(lambda: all((pause / f"paused.{i}").exists() for i in (0, 1)),
+                 f"both processes reached step {kill_at}")
+    run.wait_for(lambda: _steps(workdir)[-1] > step, "a checkpoint after the resume")
+    run.signal(signal.SIGKILL)
+    run.proc.communicate()
+
+    # 3. the next rerun finishes: the losses and the evaluation of one uninterrupted process
+    code, out, err = Launch(setup, _train_args(setup, workdir)).finish()
+    assert code == 0, err[-3000:]
+    ours, reference = _losses(workdir), _losses(setup["reference"])
+    assert sorted(ours) == sorted(reference) == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([ours[s] for s in sorted(ours)],
+                               [reference[s] for s in sorted(ours)], rtol=1e-6, atol=1e-7)
+    results = json.load(open(os.path.join(workdir, "results.json")))
+    for key, value in setup["results"]["eval"].items():
+        np.testing.assert_allclose(results["eval"][key], value, rtol=1e-5, err_msg=key)
+
+
+def test_two_processes_decode_as_one(setup):
+    """Beam search split over the devices of 2 processes: the texts and scores of one."""
+    code, out, err = Launch(setup, ["eval", "--workdir", setup["reference"], "--split",
+                                    "validation"]).finish()
+    assert code == 0, err[-3000:]
+    reference = setup["eval"]
+    ours = json.load(open(os.path.join(setup["reference"], "eval_results_validation.json")))
+    assert ours["step"] == reference["step"] == STEPS and ours["examples"] == 16
+    for key, value in reference["eval"].items():
+        np.testing.assert_allclose(ours["eval"][key], value, rtol=1e-6, err_msg=key)
+    assert _texts(ours["predictions"]) == reference["texts"]
+    assert len(set(reference["texts"])) > 3  # the outputs differ from example to example
