@@ -6,8 +6,9 @@ One workdir goes through everything a cluster job meets, in order:
   1. SIGTERM to both processes while they train: they agree on one step (JAX's preemption
      sync point), save one checkpoint there, exit 75, and log nothing past it;
   2. the rerun resumes there and is killed (kill -9, both) after a later checkpoint;
-  3. the next rerun resumes again and finishes: every logged loss and the final evaluation
-     equal the uninterrupted 1-process run.
+  3. its newest checkpoint damaged, the next rerun falls back to the one before (renamed
+     once, by process 0, the other waiting), resumes and finishes: every logged loss and the
+     final evaluation equal the uninterrupted 1-process run.
 Then `eval --split validation` with 2 processes of the 1-process run's workdir (beam search
 split over the 8 devices of both): the same predictions, text for text, and the same scores
 as in one process. (The same checkpoint: a decoding comparison that no training noise can
@@ -30,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "launch", "multiprocess.sh")
 STEPS, EVERY = 12, 2
 OVERRIDES = ["num_devices=0", f"checkpoint_every={EVERY}", "keep_checkpoints=5",
-             "generate.num_beams=2", "generate.max_length=6"]
+             "generate.num_beams=2", "generate.max_length=8", "generate.min_length=3"]
 TIMEOUT = 150  # seconds for one multi-process command, start to end
 
 
@@ -88,12 +89,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _source_dependent_bart(tmp_path_factory) -> str:
+    """A 1-layer tiny BART whose beam search gives nearly every source its own output: a
+    random tiny model says the same for every input, which would compare nothing (not even
+    the order of the gathered outputs). Larger weights, cross-attention larger still,
+    embedding rows of one norm, no final logits bias."""
+    import torch
+
+    from conftest import tiny_hf_model
+
+    model = tiny_hf_model("bart", layers=1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 2 and "shared" not in name and "embed" not in name:
+                p.mul_(30.0 if "encoder_attn" in name else 3.0)
+        w = model.model.shared.weight
+        w.copy_(2.0 * w / w.norm(dim=-1, keepdim=True).clamp_min(1e-3))
+        model.final_logits_bias.zero_()
+    folder = str(tmp_path_factory.mktemp("bart_source_dependent"))
+    model.save_pretrained(folder)
+    tiny_runs.save_tokenizer(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """The config file, the environment of the processes, and the 1-process reference:
     a finished workdir, its losses, and its beam-search evaluation."""
     cache = tiny_runs.enable_compile_cache(tmp_path_factory)
-    folder = tiny_runs.model_folder(tmp_path_factory, "bart")
+    folder = _source_dependent_bart(tmp_path_factory)
     data = str(tmp_path_factory.mktemp("data"))
     train_file, eval_file = tiny_runs.write_data(data, "xsum")
     config_file = tiny_runs.write_config_file(os.path.join(data, "tiny.py"), folder, train_file,
@@ -202,9 +226,19 @@ def test_two_processes_preempted_killed_resumed_equal_one_process(setup, tmp_pat
     run.signal(signal.SIGKILL)
     run.proc.communicate()
 
-    # 3. the next rerun finishes: the losses and the evaluation of one uninterrupted process
+    # 3. the newest checkpoint damaged: the next rerun falls back to the one before (process
+    # 0 renames it once, the other waits for that), resumes and finishes: the losses and the
+    # evaluation of one uninterrupted process
+    steps = _steps(workdir)
+    bad = os.path.join(workdir, "checkpoints", str(steps[-1]))
+    with open(os.path.join(bad, "meta", "metadata"), "r+b") as f:
+        f.truncate(5)
     code, out, err = Launch(setup, _train_args(setup, workdir)).finish()
     assert code == 0, err[-3000:]
+    warnings = [line for line in err.splitlines() if "cannot be read" in line]
+    assert len(warnings) == 2 and all(f"resuming from checkpoint {steps[-2]};" in line
+                                      for line in warnings), err[-3000:]
+    assert os.path.isdir(bad + ".corrupt") and not os.path.exists(bad + ".corrupt.2")
     ours, reference = _losses(workdir), _losses(setup["reference"])
     assert sorted(ours) == sorted(reference) == list(range(1, STEPS + 1))
     np.testing.assert_allclose([ours[s] for s in sorted(ours)],
@@ -225,4 +259,98 @@ def test_two_processes_decode_as_one(setup):
     for key, value in reference["eval"].items():
         np.testing.assert_allclose(ours["eval"][key], value, rtol=1e-6, err_msg=key)
     assert _texts(ours["predictions"]) == reference["texts"]
-    assert len(set(reference["texts"])) > 3  # the outputs differ from example to example
+    assert len(set(reference["texts"])) > 8  # the outputs differ from example to example
+
+
+# ----------------------------------------------------------------------------- per-process data
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    import transformers
+
+    folder = str(tmp_path_factory.mktemp("tokenizer"))
+    tiny_runs.save_tokenizer(folder)
+    return transformers.AutoTokenizer.from_pretrained(folder)
+
+
+def _two_processes(task, dataset, tokenizer, **lengths):
+    """The HostEncoded of process 0 and of process 1 of 2, with their exchange done here."""
+    from unified_petl.train.host_data import encode_for_process, local_summary
+
+    summaries = [local_summary(task, dataset, tokenizer, process_index=p, process_count=2,
+                               **lengths)[0] for p in (0, 1)]
+    stacked = {k: np.stack([s[k] for s in summaries]) for k in summaries[0]}
+    return [encode_for_process(task, dataset, tokenizer, process_index=p, process_count=2,
+                               exchange=lambda summary: stacked, **lengths) for p in (0, 1)]
+
+
+@pytest.mark.parametrize("kind", ["sst2", "xsum"])
+def test_each_process_tokenises_only_what_it_feeds(tmp_path, tokenizer, kind):
+    """Two processes' batches are their slices of one process's global batches (shapes from
+    the global batch, fillers, a resumed stream), while each has tokenised only its block
+    (for the lengths) and the rows its batches needed."""
+    from unified_petl.data import batches, encode, get_task, host_slice, load_task
+    from unified_petl.train.host_data import block, process_rows
+
+    task = get_task(kind)
+    train_file, _ = tiny_runs.write_data(str(tmp_path), kind, n_train=61)
+    dataset = load_task(kind, "train", data_files=train_file)
+    lengths = dict(max_source_len=16, max_target_len=8 if kind == "xsum" else None)
+    whole = encode(task, dataset, tokenizer, **lengths)
+    hosts = _two_processes(task, dataset, tokenizer, **lengths)
+    for p, host in enumerate(hosts):
+        assert host.tokenised == set(block(61, p, 2))  # its block only, before any batch
+        np.testing.assert_array_equal(host.source.lengths, whole.source.lengths)
+
+    def streams(position, processes):
+        kw = dict(seed=3, epoch_start=0, position=position, buckets=(8, 16),
+                  decoder_start_token_id=2 if kind == "xsum" else None)
+        if kind == "xsum":  # token-budget batches: the order depends on every row's length
+            from unified_petl.data import token_budget_batches
+
+            make = lambda enc, **k: token_budget_batches(enc, 64, multiple_of=4, **kw, **k)  # noqa
+        else:
+            make = lambda enc, **k: batches(enc, batch_size=8, **kw, **k)  # noqa
+        one = make(whole)
+        return one, [h.prefetching(make(h, process_index=p, process_count=2), window=1)
+                     for p, h in enumerate(processes)]
+
+    one, two = streams(0, hosts)
+    fed = [set(), set()]
+    for _ in range(one.steps_per_epoch + 2):  # into the second epoch
+        rows = one.plan(one.epoch)[one.position]
+        reference = next(one)
+        for p in (0, 1):
+            fed[p] |= set(process_rows(rows, p, 2).tolist())
+            ours = next(two[p])
+            expected = host_slice(reference, p, 2)
+            assert ours.keys() == expected.keys()
+            for key in expected:
+                np.testing.assert_array_equal(ours[key], expected[key], err_msg=key)
+    for p, host in enumerate(hosts):  # its block and the rows it fed, nothing else
+        assert host.tokenised == set(block(61, p, 2)) | fed[p]
+    assert len(hosts[0].tokenised) < 61
+
+    # a resumed stream (fresh processes, position 3) gives the same batches
+    one, two = streams(3, _two_processes(task, dataset, tokenizer, **lengths))
+    for _ in range(2):
+        reference = next(one)
+        for p in (0, 1):
+            ours, expected = next(two[p]), host_slice(reference, p, 2)
+            for key in expected:
+                np.testing.assert_array_equal(ours[key], expected[key], err_msg=key)
+
+
+def test_an_encoding_error_on_one_process_is_raised_on_every_process(tmp_path, tokenizer):
+    """A label out of range in process 1's block: both processes stop with its one-line message
+    (process 0 would otherwise wait for process 1 in the exchange)."""
+    from unified_petl.data import get_task, load_task
+
+    path = tmp_path / "train.json"
+    rows = [{"sentence": f"w{5 + i}", "label": i % 2} for i in range(10)]
+    rows[8]["label"] = 7
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = get_task("sst2")
+    dataset = load_task("sst2", "train", data_files=str(path))
+    for p in (0, 1):
+        with pytest.raises(ValueError, match=r"label 7 outside 0\.\.1"):
+            _two_processes(task, dataset, tokenizer, max_source_len=16)

@@ -101,6 +101,14 @@ def _drop_closed_loop_noise() -> None:
     sys.unraisablehook = hook
 
 
+def _barrier(name: str) -> None:
+    """Wait until every process gets here (nothing to wait for with one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 # ----------------------------------------------------------------------------- training
 class Checkpointer:
     """Orbax CheckpointManager for (TrainState, meta) under `directory`."""
@@ -175,15 +183,20 @@ class Checkpointer:
         return None
 
     def set_aside(self, step: int) -> str:
-        """Rename checkpoint `step` to STEP.corrupt[.n] (orbax ignores the name) on process 0;
-        returns the new path."""
+        """Rename checkpoint `step` to STEP.corrupt[.n] (orbax ignores the name); returns the
+        new path. With several processes (one shared directory) process 0 renames while the
+        others wait at a barrier on each side: every process picks the same name before the
+        rename, and none reloads the list of steps before it is done (a process that
+        reloaded early would still see the damaged step and resume from another one)."""
         path = os.path.join(self.directory, str(step))
         target, n = path + ".corrupt", 1
         while os.path.exists(target):
             n += 1
             target = f"{path}.corrupt.{n}"
+        _barrier(f"unified_petl_set_aside_{step}_named")
         if jax.process_index() == 0:
             os.rename(path, target)
+        _barrier(f"unified_petl_set_aside_{step}_renamed")
         self.manager.reload()
         return target
 

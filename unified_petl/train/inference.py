@@ -157,10 +157,11 @@ def score(eval_step, trainable, frozen, encoded, run, config, mesh, *, decode: b
     buckets = tuple(config.data.buckets) or None
     nll, weight, preds, labels, rows = 0.0, 0.0, [], [], []
     uniform = 0.0  # Σ w·mean_vocab(-log p): with nll, the label-smoothed loss
-    for local in eval_batches(encoded, batch_size=batch_size,
-                              decoder_start_token_id=decoder_start(run), buckets=buckets,
-                              process_index=jax.process_index(),
-                              process_count=jax.process_count()):
+    stream = eval_batches(encoded, batch_size=batch_size,
+                          decoder_start_token_id=decoder_start(run), buckets=buckets,
+                          process_index=jax.process_index(), process_count=jax.process_count())
+    prefetch = getattr(encoded, "prefetching", None)  # several processes: tokenise lazily
+    for local in prefetch(stream) if prefetch is not None else stream:
         out = eval_step(trainable, frozen, global_batch(local, mesh))
         nll += float(out["nll_sum"])
         uniform += float(out["uniform_sum"])
@@ -185,7 +186,8 @@ def score(eval_step, trainable, frozen, encoded, run, config, mesh, *, decode: b
                                             run.task, encoded, run.base.tokenizer, run.base,
                                             config.generate, batch_size=batch_size,
                                             buckets=buckets,
-                                            bleu_tokenize=str(config.eval.bleu_tokenize))
+                                            bleu_tokenize=str(config.eval.bleu_tokenize),
+                                            mesh=mesh)
         result.update(scores)
     return result, outputs
 
@@ -306,7 +308,7 @@ def predict(config, workdir: str, *, base=None, best: bool = False,
                          max_source_len=config.data.max_source_len or None,
                          max_target_len=target_len)
         kw = dict(batch_size=_eval_batch_size(config, mesh),
-                  buckets=tuple(config.data.buckets) or None)
+                  buckets=tuple(config.data.buckets) or None, mesh=mesh)
         model_vars = variables(run.full, trainable, frozen)
         if run.task.kind == "classification":
             outputs = classify(run.model, model_vars, encoded, **kw).tolist()

@@ -397,9 +397,12 @@ def _train_stream(train_data, run, config, mesh, position: dict):
                   buckets=tuple(config.data.buckets) or None,
                   process_index=jax.process_index(), process_count=jax.process_count())
     if config.max_tokens:
-        return token_budget_batches(train_data, int(config.max_tokens),
-                                    multiple_of=mesh.size * int(config.grad_accum), **common)
-    return batches(train_data, batch_size=config.batch_size, **common)
+        stream = token_budget_batches(train_data, int(config.max_tokens),
+                                      multiple_of=mesh.size * int(config.grad_accum), **common)
+    else:
+        stream = batches(train_data, batch_size=config.batch_size, **common)
+    prefetch = getattr(train_data, "prefetching", None)  # several processes: tokenise lazily
+    return prefetch(stream) if prefetch is not None else stream
 
 
 def _progress(config, start: int, enabled: bool):
