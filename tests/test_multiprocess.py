@@ -354,3 +354,43 @@ def test_an_encoding_error_on_one_process_is_raised_on_every_process(tmp_path, t
     for p in (0, 1):
         with pytest.raises(ValueError, match=r"label 7 outside 0\.\.1"):
             _two_processes(task, dataset, tokenizer, max_source_len=16)
+
+
+# ----------------------------------------------------------------------------- launch scripts
+def test_slurm_script_drives_every_gpu_of_a_node_and_requeues(tmp_path):
+    """launch/slurm.sbatch with a fake srun / scontrol: each task passes all the GPUs it sees
+    as --config.local_device_ids (JAX's SLURM detection alone would give it one, [0]), and a
+    preempted run (75) is requeued."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    log = tmp_path / "scontrol.log"
+    # srun: its options dropped, the command run once (one node's task)
+    (fake / "srun").write_text('#!/bin/sh\nwhile [ "${1#--}" != "$1" ]; do shift; done\n'
+                               'exec "$@"\n')
+    (fake / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {log}\n'
+                                   '[ "$1" = show ] && echo node1\nexit 0\n')
+    (fake / "nvidia-smi").write_text('#!/bin/sh\necho "GPU 0: H100"\necho "GPU 1: H100"\n')
+    (fake / "run").write_text('#!/bin/sh\necho "$@"\nexit "$CODE"\n')
+    for name in ("srun", "scontrol", "nvidia-smi", "run"):
+        (fake / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_GPUS_ON_NODE")}
+    env.update(PATH=f"{fake}:{os.environ['PATH']}", UNIFIED_PETL="run", SLURM_JOB_ID="5",
+               SLURM_JOB_NODELIST="node[1-2]", CODE="0")
+    script = os.path.join(ROOT, "launch", "slurm.sbatch")
+    workdir = str(tmp_path / "run")
+
+    def launch(**extra):
+        return subprocess.run(["bash", script, "c.py", workdir, "--config.optim.lr=1e-4"],
+                              env={**env, **extra}, capture_output=True, text=True)
+
+    for extra, ids in (({"CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}, "(0,1,2,3,4,5,6,7,)"),
+                       ({"SLURM_GPUS_ON_NODE": "4"}, "(0,1,2,3,)"), ({}, "(0,1,)")):
+        done = launch(**extra)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == [
+            "train", f"--config.local_device_ids={ids}", "--config", "c.py", "--workdir",
+            workdir, "--config.distributed=true", "--config.optim.lr=1e-4"]
+    assert "requeue" not in log.read_text()
+    done = launch(CODE="75")
+    assert done.returncode == 75 and log.read_text().splitlines()[-1] == "requeue 5"

@@ -101,7 +101,7 @@ def _drop_closed_loop_noise() -> None:
     sys.unraisablehook = hook
 
 
-def _barrier(name: str) -> None:
+def barrier(name: str) -> None:
     """Wait until every process gets here (nothing to wait for with one)."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -193,10 +193,10 @@ class Checkpointer:
         while os.path.exists(target):
             n += 1
             target = f"{path}.corrupt.{n}"
-        _barrier(f"unified_petl_set_aside_{step}_named")
+        barrier(f"unified_petl_set_aside_{step}_named")
         if jax.process_index() == 0:
             os.rename(path, target)
-        _barrier(f"unified_petl_set_aside_{step}_renamed")
+        barrier(f"unified_petl_set_aside_{step}_renamed")
         self.manager.reload()
         return target
 

@@ -31,8 +31,9 @@ import numpy as np
 from unified_petl.build import init_delta
 from unified_petl.train import optim as optim_lib
 from unified_petl.train import selection
-from unified_petl.train.checkpoint import (Checkpointer, CheckpointMismatch, check_fingerprint,
-                                           check_method, delta_file_problem, save_delta)
+from unified_petl.train.checkpoint import (Checkpointer, CheckpointMismatch, barrier,
+                                           check_fingerprint, check_method, delta_file_problem,
+                                           save_delta)
 from unified_petl.train.config import (RESUMABLE_CHANGES, check_config, resume_changes,
                                        run_record, with_defaults)
 from unified_petl.train.setup import build_run, decoder_start, encode_split
@@ -285,6 +286,10 @@ def train(config, workdir: str, *, base=None,
                 hook(step, state)
             if stop and not last:
                 ckpt.wait()
+                # no process leaves before every one has finished writing: a launcher that
+                # ends the job when its first process exits (srun --kill-on-bad-exit) would
+                # otherwise cut process 0 short while it commits the checkpoint
+                barrier("unified_petl_preempted")
                 name = preemption.signal_name or "SIGTERM"
                 print(f"{name}: saved checkpoint {step} in {ckpt.directory}; run the same "
                       "command again to resume", file=sys.stderr, flush=True)
