@@ -30,7 +30,8 @@ if ! [[ "$N" =~ ^[1-9][0-9]*$ ]]; then
   echo "$0: NUM_PROCESSES must be a positive integer, got '$N'" >&2
   exit 2
 fi
-PORT=${COORDINATOR_PORT:-$(${PYTHON:-python3} -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+FREE_PORT='import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+PORT=${COORDINATOR_PORT:-$(${PYTHON:-python3} -c "$FREE_PORT")}
 EXIT_PREEMPTED=75 EXIT_INTERRUPTED=130
 
 pids=()
@@ -38,7 +39,8 @@ for ((i = 0; i < N; i++)); do
   extra=(--config.distributed=true "--config.coordinator_address=localhost:$PORT"
          "--config.num_processes=$N" "--config.process_id=$i")
   if [ -n "${DEVICES_PER_PROCESS:-}" ]; then
-    ids=$(seq -s, $((i * DEVICES_PER_PROCESS)) $((i * DEVICES_PER_PROCESS + DEVICES_PER_PROCESS - 1)))
+    first=$((i * DEVICES_PER_PROCESS))
+    ids=$(seq -s, "$first" $((first + DEVICES_PER_PROCESS - 1)))
     extra+=("--config.local_device_ids=($ids,)")
   fi
   # shellcheck disable=SC2086  # UNIFIED_PETL may be "python -m unified_petl.cli"

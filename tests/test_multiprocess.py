@@ -394,3 +394,39 @@ def test_slurm_script_drives_every_gpu_of_a_node_and_requeues(tmp_path):
     assert "requeue" not in log.read_text()
     done = launch(CODE="75")
     assert done.returncode == 75 and log.read_text().splitlines()[-1] == "requeue 5"
+
+
+def test_launch_settings_are_checked_in_one_line():
+    from unified_petl.train.config import ConfigError, base_config, check_launch, run_record
+
+    def config(**kw):
+        c = base_config()
+        for key, value in kw.items():
+            c[key] = value
+        return c
+
+    check_launch(config(distributed=True, coordinator_address="localhost:1234",
+                        num_processes=2, process_id=1, local_device_ids=(0, 1)))
+    for kw, message in (
+            (dict(process_id=0), "without --config.distributed=true"),
+            (dict(distributed=True, coordinator_address="localhost"), "HOST:PORT"),
+            (dict(distributed=True, num_processes=2, process_id=2), "must be < num_processes"),
+            (dict(distributed=True, local_device_ids=("a",)), "device numbers")):
+        with pytest.raises(ConfigError, match=message):
+            check_launch(config(**kw))
+    # config.json and the checkpoints record the run, not how this process joined it
+    record = run_record(config(distributed=True, num_processes=2, process_id=1,
+                               coordinator_address="h:1", local_device_ids=(0,)))
+    assert (record.coordinator_address, record.num_processes, record.process_id,
+            record.local_device_ids, record.distributed) == ("", 0, -1, (), True)
+
+
+def test_a_gpu_left_idle_by_slurm_detection_is_named():
+    from unified_petl.train.loop import unused_gpus
+
+    slurm = {"SLURM_JOB_ID": "1", "SLURM_GPUS_ON_NODE": "8", "SLURM_NTASKS_PER_NODE": "1"}
+    assert "8 GPUs but its 1 process(es) drive 1 each: 7 idle" in unused_gpus(slurm, 1, "gpu")
+    assert unused_gpus(slurm, 8, "gpu") is None
+    assert unused_gpus({**slurm, "SLURM_NTASKS_PER_NODE": "8"}, 1, "gpu") is None
+    assert unused_gpus({k: v for k, v in slurm.items() if k != "SLURM_JOB_ID"}, 1, "gpu") is None
+    assert unused_gpus(slurm, 1, "cpu") is None

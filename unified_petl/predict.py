@@ -245,21 +245,14 @@ def source_inputs(task, dataset) -> list:
 
 
 def write_jsonl(path: str, records: Sequence[Mapping]) -> None:
-    """Write records as JSON lines (written to PATH.tmp, then renamed: never half a file)."""
+    """Write records as JSON lines, whole (locally PATH.tmp renamed; a gs:// path is one
+    upload: never half a file, a failed write leaves nothing behind)."""
     import json
-    import os
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.isfile(tmp):  # a failed write leaves nothing behind
-            os.remove(tmp)
+    from unified_petl.train import storage
+
+    storage.write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n"
+                                     for record in records))
 
 
 def read_text_inputs(path: str, task) -> tuple[list[int], list[dict]]:

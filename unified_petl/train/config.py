@@ -302,13 +302,14 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a run was trained with: WORKDIR/config.json, written by the trainer."""
     import json
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    from unified_petl.train import storage
+
+    path = storage.join(workdir, "config.json")
+    if not storage.isfile(path):
         raise ConfigError(f"{path} not found (the trainer writes it); pass --config "
                           "path/to/config.py, or train in this workdir first")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(storage.read_text(path))
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not a readable config ({e}); pass --config "
                           "path/to/config.py") from None

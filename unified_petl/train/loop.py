@@ -21,7 +21,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Callable, Optional, Sequence
 
@@ -30,7 +29,7 @@ import numpy as np
 
 from unified_petl.build import init_delta
 from unified_petl.train import optim as optim_lib
-from unified_petl.train import selection
+from unified_petl.train import selection, storage
 from unified_petl.train.checkpoint import (Checkpointer, CheckpointMismatch, barrier,
                                            check_fingerprint, check_method, delta_file_problem,
                                            save_delta)
@@ -167,7 +166,7 @@ def train(config, workdir: str, *, base=None,
     base_size = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.params))
 
     # ---------------------------------------------------------------- 4. resume
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    ckpt = Checkpointer(storage.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
     writer = preemption = bar = None
     try:
         method_spec = json.loads(json.dumps(model.method.to_dict()))
@@ -199,8 +198,7 @@ def train(config, workdir: str, *, base=None,
         writer.truncate_after(start)  # also 0: a run killed before its first checkpoint
         recorded = run_record(config)  # without this process's launch settings
         if process0:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                f.write(recorded.to_json(indent=2))
+            storage.write_text(storage.join(workdir, "config.json"), recorded.to_json(indent=2))
 
         stream = _train_stream(train_data, run, config, mesh, position)
         train_step = make_train_step(model, optimizer, mesh, schedule=schedule,
@@ -296,11 +294,11 @@ def train(config, workdir: str, *, base=None,
                 return {"preempted": True, "step": step, "signal": name}
 
         # ------------------------------------------------------------ 6. final eval, results
-        results_path = os.path.join(workdir, "results.json")
+        results_path = storage.join(workdir, "results.json")
         if start == config.total_steps:  # a finished run: nothing to do but repair
             finished = _finished_results(results_path, process0)
             if finished is not None:
-                delta_path = os.path.join(workdir, "delta.safetensors")
+                delta_path = storage.join(workdir, "delta.safetensors")
                 problem = delta_file_problem(delta_path) if config.save_delta else None
                 if problem and process0:  # the final checkpoint holds the same Δh
                     save_trained_delta(delta_path)
@@ -318,10 +316,9 @@ def train(config, workdir: str, *, base=None,
                    "wall_time_s": time.time() - wall_start,
                    "eval": dict(eval_metrics), "best": best.best}
         if process0:
-            with open(results_path, "w") as f:
-                json.dump(results, f, indent=2)
+            storage.write_text(results_path, json.dumps(results, indent=2))
             if config.save_delta:
-                save_trained_delta(os.path.join(workdir, "delta.safetensors"))
+                save_trained_delta(storage.join(workdir, "delta.safetensors"))
         return results
     finally:
         if bar is not None:
@@ -334,28 +331,29 @@ def train(config, workdir: str, *, base=None,
 
 
 def check_writable(workdir: str) -> None:
-    """Create `workdir` and write a file there, or one line that says why not."""
+    """Create `workdir` (a folder or a gs:// URL) and write a file there, or one line that
+    says why not."""
     try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise ValueError(f"cannot write to the workdir {workdir} "
-                         f"({e.strerror or type(e).__name__}); choose a folder you can write "
-                         "to") from None
+        storage.check_writable(workdir)
+    except Exception as e:  # OSError; for a URL also a missing backend, credentials, ...
+        if not (isinstance(e, OSError) or storage.is_remote(workdir)):
+            raise
+        why = getattr(e, "strerror", None) or f"{type(e).__name__}: {' '.join(str(e).split())}"
+        fix = ("check the URL, your credentials and that gcsfs is installed (pip install "
+               "gcsfs)" if storage.is_remote(workdir) else "choose a folder you can write to")
+        raise ValueError(f"cannot write to the workdir {workdir} ({why[:200]}); {fix}") from None
 
 
 def _finished_results(path: str, process0: bool) -> Optional[dict]:
     """results.json of a finished run, or None (missing; unreadable: renamed .corrupt with
     a warning, and the final evaluation runs again to rewrite it)."""
-    if not os.path.exists(path):
+    if not storage.exists(path):
         return None
     try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
+        return json.loads(storage.read_bytes(path))
     except ValueError as e:
         if process0:
-            os.replace(path, path + ".corrupt")
+            storage.rename(path, path + ".corrupt")
         warn(f"{path} is unreadable ({type(e).__name__}); kept as {path}.corrupt; evaluating "
              "the final checkpoint again to rewrite it")
         return None

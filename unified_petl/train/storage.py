@@ -92,15 +92,25 @@ def write_text(path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
-def append_text(path, text: str) -> None:
-    """Add `text` at the end of `path` (created if missing): a local append, or the object
+def append_bytes(path, data: bytes) -> None:
+    """Add `data` at the end of `path` (created if missing): a local append, or the object
     rewritten with it."""
     if is_remote(path):
         old = read_bytes(path) if exists(path) else b""
-        write_bytes(path, old + text.encode("utf-8"))
+        write_bytes(path, old + data)
         return
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(text)
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def append_text(path, text: str) -> None:
+    append_bytes(path, text.encode("utf-8"))
+
+
+def lines(data: bytes) -> list[bytes]:
+    """`data` cut after each b"\\n" (as iterating a file opened "rb" does)."""
+    parts = data.split(b"\n")
+    return [p + b"\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
 
 
 def rename(path, target) -> None:
@@ -115,8 +125,10 @@ def remove(path) -> None:
 
 def check_writable(folder) -> None:
     """Create `folder` and write a file there, or raise OSError."""
+    import uuid
+
     makedirs(folder)
-    probe = epath(join(folder, f".write-test-{os.getpid()}"))
+    probe = epath(join(folder, f".write-test-{uuid.uuid4().hex}"))
     probe.write_bytes(b"")
     probe.unlink()
 

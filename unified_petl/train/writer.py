@@ -16,15 +16,17 @@ import signal
 import sys
 import time
 
+from unified_petl.train import storage
+
 
 class MetricWriter:
     """Appends records to WORKDIR/metrics.jsonl; mirrors scalars to TensorBoard if installed."""
 
     def __init__(self, workdir: str, *, enabled: bool = True):
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = storage.join(workdir, "metrics.jsonl")
         self.enabled = enabled
         self._tb = None
-        if enabled:
+        if enabled and not storage.is_remote(workdir):  # TensorBoard writes local files
             try:  # optional: only when the tensorboard package is importable
                 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
@@ -36,33 +38,28 @@ class MetricWriter:
         """Drop records of steps > step (resume from checkpoint `step`, 0: a fresh start);
         with evals_at_step=False also the eval records of `step` itself (a finished run
         evaluated again)."""
-        if not self.enabled or not os.path.exists(self.path):
+        if not self.enabled or not storage.exists(self.path):
             return
         keep, bad = [], []
-        with open(self.path, "rb") as f:
-            for number, raw in enumerate(f, 1):
-                record = _parse(raw)
-                if record is None:
-                    if raw.strip():
-                        bad.append((number, raw))
-                elif record["step"] < step or (record["step"] == step and (
-                        evals_at_step or not any(k.startswith("eval_") for k in record))):
-                    keep.append(raw if raw.endswith(b"\n") else raw + b"\n")
+        for number, raw in enumerate(storage.lines(storage.read_bytes(self.path)), 1):
+            record = _parse(raw)
+            if record is None:
+                if raw.strip():
+                    bad.append((number, raw))
+            elif record["step"] < step or (record["step"] == step and (
+                    evals_at_step or not any(k.startswith("eval_") for k in record))):
+                keep.append(raw if raw.endswith(b"\n") else raw + b"\n")
         if bad:
-            with open(self.path + ".corrupt", "ab") as f:
-                f.writelines(raw if raw.endswith(b"\n") else raw + b"\n" for _, raw in bad)
+            storage.append_bytes(self.path + ".corrupt", b"".join(
+                raw if raw.endswith(b"\n") else raw + b"\n" for _, raw in bad))
             warn(f"{self.path}: line(s) {', '.join(str(n) for n, _ in bad)} are not JSON "
                  "records (a write cut short?); moved to metrics.jsonl.corrupt")
-        tmp = self.path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.writelines(keep)
-        os.replace(tmp, self.path)
+        storage.write_bytes(self.path, b"".join(keep))
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        storage.append_text(self.path, json.dumps(record) + "\n")
         if self._tb is not None:
             from tensorboard.compat.proto.event_pb2 import Event
             from tensorboard.compat.proto.summary_pb2 import Summary
@@ -97,11 +94,10 @@ def _parse(raw: bytes):
 def read_metrics(workdir: str) -> list[dict]:
     """All records of WORKDIR/metrics.jsonl (a line that is not a record, e.g. one being
     written right now, is skipped; `train` moves such lines aside when it resumes)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = storage.join(workdir, "metrics.jsonl")
+    if not storage.exists(path):
         return []
-    with open(path, "rb") as f:
-        return [r for r in map(_parse, f) if r is not None]
+    return [r for r in map(_parse, storage.lines(storage.read_bytes(path))) if r is not None]
 
 
 class Preemption:
