@@ -7,9 +7,11 @@
 #   launch/tpu_pod.sh my-v4-32 us-central2-b configs/xsum/mam.py /mnt/shared/runs/xsum_mam
 #
 # Every worker needs the package installed (e.g. `pip install -e .` in REPO on each, via
-# gcloud ... --worker=all --command="cd REPO && pip install -e ."), the same REPO path, and a
-# WORKDIR every worker mounts (a shared disk such as Filestore; gs:// URLs are not
-# supported). Running the same command again resumes from the latest checkpoint.
+# gcloud ... --worker=all --command="cd REPO && pip install -e '.[gcs]'"), the same REPO path,
+# and a WORKDIR every worker sees: a gs:// URL (gs://BUCKET/runs/x, the `gcs` extra) or a disk
+# every worker mounts (Filestore). Running the same command again resumes from the latest
+# checkpoint; after a preemption (SIGTERM) every worker saves one checkpoint at one step and
+# exits 75. Each worker logs "process I of N on HOST: 4 local tpu device(s) ..." at startup.
 # REPO (default: this checkout's path) is where the command runs on the workers.
 set -euo pipefail
 if [ $# -lt 4 ]; then

@@ -164,3 +164,63 @@ def test_token_ids_and_limits(setup):
     with pytest.raises(ValueError, match="positions"):
         up.generate(model, {"params": base.params}, ids, mask, config=base, num_beams=2,
                     max_length=100)
+
+
+@pytest.mark.parametrize("num_beams", [4, 1])
+def test_eight_devices_decode_the_ids_of_one(setup, num_beams):
+    """Decoding split over 8 devices (each searches its own rows of the batch): the ids and
+    scores of one device, and no collective in the compiled search (no device decodes
+    another's rows, nothing is replicated)."""
+    from unified_petl.train.step import make_mesh, replicate
+
+    base, _, _, _ = setup("bart")
+    kw = dict(SETTINGS["bart"], num_beams=num_beams)
+    ids, mask = padded_batch(np.random.default_rng(3), 16, 10, 99, pad=1)
+    model = up.build(base.config, "none")
+    one, one_scores = up.generate(model, {"params": base.params}, ids, mask, config=base,
+                                  return_scores=True, **kw)
+    mesh = make_mesh()
+    assert mesh.size == 8
+    variables = replicate({"params": base.params}, mesh)
+    eight, eight_scores = up.generate(model, variables, ids, mask, config=base,
+                                      return_scores=True, mesh=mesh, **kw)
+    np.testing.assert_array_equal(eight, one)
+    np.testing.assert_allclose(eight_scores, one_scores, atol=1e-5)
+    assert len({tuple(r) for r in one.tolist()}) > 4  # source-dependent outputs
+
+    # the program: per device 2 of the 16 rows, and no cross-device traffic
+    settings = gen._settings(model, base, **{k: v for k, v in kw.items()
+                                             if k != "forced_bos_token_id"},
+                             forced_bos_token_id=kw["forced_bos_token_id"],
+                             decoder_start_token_id=gen.FROM_CONFIG,
+                             forced_eos_token_id=gen.FROM_CONFIG,
+                             eos_token_id=gen.FROM_CONFIG, pad_token_id=gen.FROM_CONFIG)
+    from unified_petl.train.step import global_batch
+
+    batch = global_batch({"input_ids": ids, "attention_mask": mask}, mesh)
+    program = gen._search_sharded.lower(model.clone(decode=True), settings, mesh,
+                                        gen.batch_axes(mesh), variables, batch["input_ids"],
+                                        batch["attention_mask"]).as_text()
+    assert not any(op in program for op in ("all_gather", "all_reduce", "collective_permute",
+                                            "all_to_all")), "decoding communicates"
+    assert "tensor<2x10xi32>" in program  # each device's own 2 rows of source ids
+
+
+def test_max_length_past_the_positions_is_refused_before_training(tmp_path_factory, tmp_path):
+    """generate.max_length beyond the decoder's 64 positions: one line at setup, not after
+    training up to the first decoding evaluation (or not at all, and then at `eval`)."""
+    import os
+
+    import tiny_runs
+    from unified_petl.train import train
+    from unified_petl.train.config import ConfigError
+
+    folder = tiny_runs.model_folder(tmp_path_factory, "bart")
+    train_file, eval_file = tiny_runs.write_data(str(tmp_path), "xsum")
+    config = tiny_runs.tiny_config(folder, train_file, eval_file, task="xsum")
+    config.generate.max_length = 100
+    workdir = str(tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"generate.* 99 decoder positions; the model has 64.*"
+                                          r"generate\.max_length to at most 65"):
+        train(config, workdir)
+    assert not os.path.exists(os.path.join(workdir, "checkpoints"))

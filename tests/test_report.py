@@ -166,3 +166,49 @@ def test_slurm_array_script_runs_one_seed_per_task(tmp_path):
     done = subprocess.run(["bash", script, "c.py", root], env=env, capture_output=True,
                           text=True)
     assert done.returncode == 2 and "array task 2 has no seed" in done.stderr
+
+
+def test_slurm_array_script_requeues_a_preempted_seed(tmp_path):
+    """A seed's run exits 75 (preempted): that array task is requeued and the script exits 75
+    (not 0: `afterok` must not fire); other failures are not requeued."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    log = tmp_path / "scontrol.log"
+    (fake / "srun").write_text('#!/bin/sh\nexec "$@"\n')
+    (fake / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    (fake / "run").write_text('#!/bin/sh\nexit "$CODE"\n')
+    for name in ("srun", "scontrol", "run"):
+        (fake / name).chmod(0o755)
+    script = os.path.join(ROOT, "launch", "sweep.sbatch")
+    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", UNIFIED_PETL="run",
+               SLURM_ARRAY_TASK_ID="1", SLURM_ARRAY_JOB_ID="77", SLURM_JOB_ID="78")
+    for code in (75, 1):
+        done = subprocess.run(["bash", script, "c.py", str(tmp_path / "runs")],
+                              env=dict(env, CODE=str(code)), capture_output=True, text=True)
+        assert done.returncode == code, done.stderr
+    assert log.read_text().splitlines() == ["requeue 77_1"]
+
+
+def test_sweep_stops_at_a_preempted_seed_with_the_preempted_code(tmp_path, monkeypatch,
+                                                                 capsys):
+    """A seed run preempted (SIGTERM: its checkpoint saved) stops the sweep with exit code 75,
+    like `train`, so a scheduler requeues it; the later seeds are not started."""
+    from unified_petl.train import loop
+
+    started = []
+
+    def preempted(config, workdir, **kw):
+        started.append(config.seed)
+        return {"preempted": True, "step": 3, "signal": "SIGTERM"}
+
+    monkeypatch.setattr(loop, "train", preempted)
+    monkeypatch.setattr("unified_petl.models.loading.load_pretrained", lambda path: object())
+    config = tmp_path / "c.py"
+    config.write_text("from unified_petl.train.config import base_config\n"
+                      "def get_config():\n    c = base_config()\n    c.base = 'b'\n"
+                      "    c.task = 'sst2'\n    return c\n")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sweep", "--config", str(config), "--seeds", "3,1", "--workdir-root",
+                  str(tmp_path / "root")])
+    assert e.value.code == cli.EXIT_PREEMPTED and started == [3]
+    assert "seed 3" in capsys.readouterr().err

@@ -20,8 +20,10 @@ Exit codes (ONE line on stderr for each failure; UNIFIED_PETL_DEBUG=1 shows the 
   2    bad input: a config key that does not exist, a value of the wrong type, a data file
        that cannot be read, a Δh of another base, a workdir that cannot be written ...
   75   preempted (EX_TEMPFAIL): SIGTERM made `train` save a checkpoint and stop before
-       total_steps; run the same command again to resume (launch/slurm.sbatch requeues the
-       job on this code, and an `afterok` dependency does not fire)
+       total_steps (with several processes: every process, at one step); run the same
+       command again to resume (launch/slurm.sbatch requeues the job on this code, and an
+       `afterok` dependency does not fire). `sweep` stops at a preempted seed with this
+       code too (launch/sweep.sbatch requeues the task)
   130  interrupted: Ctrl-C (SIGINT) made `train` save a checkpoint and stop (the same as
        SIGTERM); a second Ctrl-C stops at once, without one
 """
@@ -229,7 +231,7 @@ def _sweep(args, overrides) -> None:
     result = sweep(config, seeds, args.workdir_root)
     if result.get("preempted"):  # as train: the run saved a checkpoint; run again to go on
         print(json.dumps(result, indent=2))
-        return
+        raise SystemExit(_preempted_code(result))
     if result["runs"]:
         table, _ = report.report([seed_workdir(args.workdir_root, s) for s in seeds
                                   if s in result["runs"]])
@@ -237,6 +239,11 @@ def _sweep(args, overrides) -> None:
     if result["diverged"]:
         _fail(f"seed(s) {', '.join(map(str, result['diverged']))} diverged (their messages are "
               "above); the other seeds finished", code=1)
+
+
+def _preempted_code(results: dict) -> int:
+    """75 for SIGTERM (a scheduler requeues), 130 for Ctrl-C."""
+    return EXIT_INTERRUPTED if results.get("signal") == "SIGINT" else EXIT_PREEMPTED
 
 
 def _report(args, overrides) -> None:
@@ -304,8 +311,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         results = train(config, args.workdir)
         print(json.dumps(results.get("eval", results), indent=2))
         if results.get("preempted"):  # a checkpoint was saved; the run is not finished
-            raise SystemExit(EXIT_INTERRUPTED if results.get("signal") == "SIGINT"
-                             else EXIT_PREEMPTED)
+            raise SystemExit(_preempted_code(results))
     except TrainingDiverged as e:
         if debug:
             raise

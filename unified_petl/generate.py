@@ -78,7 +78,7 @@ def generate(model, variables, input_ids, attention_mask, *, num_beams: int, max
              early_stopping: Union[bool, str] = False, config: Any = None,
              decoder_start_token_id: Any = FROM_CONFIG, forced_bos_token_id: Any = FROM_CONFIG,
              forced_eos_token_id: Any = FROM_CONFIG, eos_token_id: Any = FROM_CONFIG,
-             pad_token_id: Any = FROM_CONFIG, return_scores: bool = False):
+             pad_token_id: Any = FROM_CONFIG, return_scores: bool = False, mesh=None):
     """Beam search (num_beams > 1) or greedy decoding (num_beams = 1), as transformers does.
 
     model: a BartForConditionalGeneration from `up.build` (decode=False or True: the decode
@@ -96,6 +96,12 @@ def generate(model, variables, input_ids, attention_mask, *, num_beams: int, max
       the sum of processed log-probs, divided by generated_length ** length_penalty in beam
       search (transformers' `sequences_scores`), not divided in greedy decoding.
     One compile per (B, S, max_length) and settings; new weights or inputs do not recompile.
+    mesh: decode split over the devices of a jax.sharding.Mesh (the trainer's): each device
+      searches its own rows of the batch (sharded on the batch axis of the training batches,
+      `data`), with the same ids as one device. Then input_ids / attention_mask are this
+      process's rows of a global batch (unified_petl.train.step.global_batch; all rows with
+      one process), whose row count the devices divide, and the returned ids (and scores)
+      are the whole global batch's, in order, on every process.
     """
     from unified_petl.models.bart import BartForConditionalGeneration
 
@@ -119,8 +125,12 @@ def generate(model, variables, input_ids, attention_mask, *, num_beams: int, max
     if input_ids.shape[1] > model.cfg.max_positions:
         raise ValueError(f"source length {input_ids.shape[1]} > the model's "
                          f"{model.cfg.max_positions} positions")
-    ids, scores, lengths = _search(dmodel, settings, variables, input_ids, attention_mask)
-    ids, scores, lengths = jax.device_get((ids, scores, lengths))
+    if mesh is None:
+        ids, scores, lengths = _search(dmodel, settings, variables, input_ids, attention_mask)
+        ids, scores, lengths = jax.device_get((ids, scores, lengths))
+    else:
+        ids, scores, lengths = _search_split(dmodel, settings, variables, input_ids,
+                                             attention_mask, mesh)
     ids = np.asarray(ids)[:, :1 + int(np.max(lengths))]
     return (ids, np.asarray(scores)) if return_scores else ids
 
@@ -299,8 +309,7 @@ def _length_penalties(s: SearchSettings) -> jnp.ndarray:
 # the searches
 
 
-@functools.partial(jax.jit, static_argnames=("model", "settings"))
-def _search(model, settings: SearchSettings, variables, input_ids, attention_mask):
+def _search_rows(model, settings: SearchSettings, variables, input_ids, attention_mask):
     """-> (ids [B, max_length], scores [B], generated lengths [B])."""
     _TRACES[0] += 1
     from unified_petl.models.bart import BartForConditionalGeneration
@@ -315,6 +324,49 @@ def _search(model, settings: SearchSettings, variables, input_ids, attention_mas
     if settings.num_beams == 1:
         return _greedy(settings, step, cache, input_ids.shape[0])
     return _beam(settings, step, cache, input_ids.shape[0])
+
+
+_search = jax.jit(_search_rows, static_argnames=("model", "settings"))
+
+
+def batch_axes(mesh) -> tuple:
+    """The mesh axes the trainer shards a batch's rows over (train.step.data_sharded)."""
+    from unified_petl.train.step import data_sharded
+
+    first = data_sharded(mesh).spec[0]
+    return tuple(first) if isinstance(first, (tuple, list)) else (first,)
+
+
+def _search_split(model, settings, variables, input_ids, attention_mask, mesh):
+    """_search on every device of `mesh` for its rows; numpy (ids, scores, lengths) of the
+    whole global batch on every process."""
+    from unified_petl.train.step import gather, global_batch
+
+    axes = batch_axes(mesh)
+    shards = int(np.prod([mesh.shape[a] for a in axes]))
+    rows = input_ids.shape[0] * jax.process_count()
+    if rows % shards:
+        raise ValueError(f"a batch of {rows} rows does not split over the {shards} devices of "
+                         f"the mesh; use a multiple of {shards} rows")
+    batch = global_batch({"input_ids": np.asarray(input_ids),
+                          "attention_mask": np.asarray(attention_mask)}, mesh)
+    out = _search_sharded(model, settings, mesh, axes, variables, batch["input_ids"],
+                          batch["attention_mask"])
+    return tuple(gather(x) for x in out)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "settings", "mesh", "axes"))
+def _search_sharded(model, settings, mesh, axes, variables, input_ids, attention_mask):
+    """_search inside shard_map over the batch axes: per device, its rows alone (beam
+    reordering gathers local rows; no device waits for another's hypotheses). Other mesh
+    axes (e.g. an FSDP axis of the weights) stay with the compiler."""
+    from jax.sharding import PartitionSpec as P
+
+    rows = P(axes)
+    search = jax.shard_map(functools.partial(_search_rows, model, settings),
+                           mesh=mesh, in_specs=(P(), rows, rows), out_specs=(rows, rows, rows),
+                           axis_names=frozenset(axes), check_vma=False)
+    return search(variables, input_ids, attention_mask)
 
 
 def _greedy(s: SearchSettings, step, cache, batch):

@@ -15,8 +15,13 @@ References default to the encoded targets decoded the same way, so they are trun
 the eval target length (XSum: 60 tokens) exactly as the reference code's were; pass
 `references` (e.g. the raw summaries) to score against untruncated text.
 
-Runs on the default device of this process (the variables replicated or on one device);
-the trainer's sharded eval step computes the loss, this module the generated-text metrics.
+Without `mesh` everything runs on the default device of this process (the variables on one
+device or replicated). With the trainer's `mesh` (unified_petl.train.step.make_mesh) the
+work is split: every eval batch (a multiple of the devices) is sharded over the batch axis
+of the mesh, each process builds only its own rows (unified_petl.data.eval_batches with its
+process index), each device decodes or classifies its rows, and the outputs are gathered in
+dataset order on every process: the same ids, texts and class ids as one device
+(tests/test_generate.py, tests/test_multiprocess.py).
 
 Predictions files (JSONL, one object per example: id, input, output, reference) are built
 by `prediction_records` and written by `write_jsonl`; `read_text_inputs` reads a text file
@@ -76,58 +81,86 @@ def decode_texts(tokenizer, ids) -> list[str]:
     return [t.strip() for t in texts]
 
 
-def _rows(batch: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Indices of the real (weight 1) rows of an eval batch."""
-    return np.flatnonzero(np.asarray(batch["weight"]) > 0)
+def _eval_stream(encoded, batch_size: int, buckets, mesh):
+    """The eval batches of `encoded` in dataset order: whole batches without a mesh, this
+    process's rows of each global batch with one."""
+    from unified_petl.data import eval_batches
+
+    split = {} if mesh is None else dict(process_index=jax.process_index(),
+                                         process_count=jax.process_count())
+    stream = eval_batches(encoded, batch_size=batch_size, buckets=buckets, **split)
+    prefetch = getattr(encoded, "prefetching", None)  # rows tokenised as the batches need them
+    return prefetch(stream) if prefetch is not None else stream
+
+
+def _global_rows(batch, mesh) -> np.ndarray:
+    """Indices of the real rows of the GLOBAL batch whose local part is `batch`."""
+    weight = np.asarray(batch["weight"])
+    if mesh is not None and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        weight = np.asarray(multihost_utils.process_allgather(weight, tiled=True))
+    return np.flatnonzero(weight > 0)
 
 
 def generate_texts(model, variables, encoded, tokenizer, hf_config, settings=None, *,
                    batch_size: int = 16, decoder_start: Optional[int] = None,
-                   buckets: Optional[Sequence[int]] = None) -> list[str]:
-    """Generated text for every example of a seq2seq `encoded` split, in its order."""
-    from unified_petl.data import eval_batches
+                   buckets: Optional[Sequence[int]] = None, mesh=None) -> list[str]:
+    """Generated text for every example of a seq2seq `encoded` split, in its order (on every
+    process); with `mesh`, decoded split over its devices (batch_size: a multiple of them)."""
     from unified_petl.generate import FROM_CONFIG, generate
 
     kwargs = generate_kwargs(settings)
     start = FROM_CONFIG if decoder_start is None else int(decoder_start)
     texts: list[str] = []
-    for batch in eval_batches(encoded, batch_size=batch_size, buckets=buckets):
+    for batch in _eval_stream(encoded, batch_size, buckets, mesh):
         ids = generate(model, variables, batch["input_ids"], batch["attention_mask"],
-                       config=hf_config, decoder_start_token_id=start, **kwargs)
-        texts.extend(decode_texts(tokenizer, np.asarray(ids)[_rows(batch)]))
+                       config=hf_config, decoder_start_token_id=start, mesh=mesh, **kwargs)
+        texts.extend(decode_texts(tokenizer, np.asarray(ids)[_global_rows(batch, mesh)]))
     return texts
 
 
 def classify(model, variables, encoded, *, batch_size: int = 32,
-             buckets: Optional[Sequence[int]] = None) -> np.ndarray:
-    """Predicted class ids int32 [N] of a classification `encoded` split, in its order."""
-    from unified_petl.data import eval_batches
-
-    @jax.jit
+             buckets: Optional[Sequence[int]] = None, mesh=None) -> np.ndarray:
+    """Predicted class ids int32 [N] of a classification `encoded` split, in its order (on
+    every process); with `mesh`, each device classifies its rows of every batch."""
     def predict(variables, input_ids, attention_mask, token_type_ids):
         out = model.apply(variables, input_ids, attention_mask, token_type_ids,
                           deterministic=True)
-        return jnp.argmax(out.logits, axis=-1)
+        return jnp.argmax(out.logits, axis=-1).astype(jnp.int32)
 
+    if mesh is None:
+        predict = jax.jit(predict)
+    else:
+        from unified_petl.train.step import data_sharded, gather, global_batch
+
+        predict = jax.jit(predict, out_shardings=data_sharded(mesh))
     preds = []
-    for batch in eval_batches(encoded, batch_size=batch_size, buckets=buckets):
-        pred = predict(variables, batch["input_ids"], batch["attention_mask"],
-                       batch.get("token_type_ids"))
-        preds.append(np.asarray(pred)[_rows(batch)])
+    for batch in _eval_stream(encoded, batch_size, buckets, mesh):
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")
+                  if k in batch}
+        if mesh is not None:
+            inputs = global_batch(inputs, mesh)
+        pred = predict(variables, inputs["input_ids"], inputs["attention_mask"],
+                       inputs.get("token_type_ids"))
+        pred = np.asarray(pred) if mesh is None else gather(pred)
+        preds.append(pred[_global_rows(batch, mesh)])
     return np.concatenate(preds).astype(np.int32) if preds else np.zeros(0, np.int32)
 
 
 def reference_texts(encoded, tokenizer) -> list[str]:
     """The encoded seq2seq targets decoded back to text (what predict_and_score scores
     against by default: truncated at the eval target length, as the reference code's)."""
+    if hasattr(encoded, "fetch"):  # a process's lazily tokenised split: all targets at once
+        encoded.fetch(range(len(encoded)))
     return decode_texts(tokenizer, [encoded.target[i] for i in range(len(encoded))])
 
 
 def predict_and_score(model, variables, task, encoded, tokenizer, hf_config=None,
                       gen_settings=None, *, batch_size: int = 16,
                       references: Optional[Sequence[str]] = None,
-                      buckets: Optional[Sequence[int]] = None, bleu_tokenize: str = "13a"
-                      ) -> tuple[dict[str, float], list]:
+                      buckets: Optional[Sequence[int]] = None, bleu_tokenize: str = "13a",
+                      mesh=None) -> tuple[dict[str, float], list]:
     """(metrics, predictions) of `model` on an encoded eval split of `task`.
 
     model: from up.build (or load_delta); variables: {'params': frozen, 'delta': Δh}.
@@ -138,6 +171,7 @@ def predict_and_score(model, variables, task, encoded, tokenizer, hf_config=None
       early_stopping). references: target texts to score against (default: the encoded
       targets, decoded). bleu_tokenize: '13a' or 'moses' (config.eval.bleu_tokenize; see
       unified_petl.evaluate.bleu), reported back as metrics["bleu_tokenize"].
+    mesh: split the decoding / classification over its devices (see the module docstring).
     Returns the metric dict of unified_petl.evaluate.compute(task.metric, ...) (seq2seq:
     rouge1/rouge2/rougeLsum or bleu/bp/sys_len/ref_len + bleu_tokenize; classification:
     accuracy, in percent) and the predictions (strings, or class ids).
@@ -145,7 +179,8 @@ def predict_and_score(model, variables, task, encoded, tokenizer, hf_config=None
     from unified_petl import evaluate
 
     if task.kind == "classification":
-        preds = classify(model, variables, encoded, batch_size=batch_size, buckets=buckets)
+        preds = classify(model, variables, encoded, batch_size=batch_size, buckets=buckets,
+                         mesh=mesh)
         return evaluate.compute("accuracy", preds, encoded.labels), preds.tolist()
     if task.kind != "seq2seq":
         raise ValueError(f"task {task.name!r} has kind {task.kind!r}; expected seq2seq or "
@@ -153,7 +188,7 @@ def predict_and_score(model, variables, task, encoded, tokenizer, hf_config=None
     texts = generate_texts(model, variables, encoded, tokenizer, hf_config, gen_settings,
                            batch_size=batch_size,
                            decoder_start=decoder_start_token_id(task, tokenizer),
-                           buckets=buckets)
+                           buckets=buckets, mesh=mesh)
     if references is None:
         references = reference_texts(encoded, tokenizer)
     if len(references) != len(texts):
@@ -210,21 +245,14 @@ def source_inputs(task, dataset) -> list:
 
 
 def write_jsonl(path: str, records: Sequence[Mapping]) -> None:
-    """Write records as JSON lines (written to PATH.tmp, then renamed: never half a file)."""
+    """Write records as JSON lines, whole (locally PATH.tmp renamed; a gs:// path is one
+    upload: never half a file, a failed write leaves nothing behind)."""
     import json
-    import os
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.isfile(tmp):  # a failed write leaves nothing behind
-            os.remove(tmp)
+    from unified_petl.train import storage
+
+    storage.write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n"
+                                     for record in records))
 
 
 def read_text_inputs(path: str, task) -> tuple[list[int], list[dict]]:

@@ -41,14 +41,14 @@ def seed_workdir(root: str, seed: int) -> str:
 
 def finished(workdir: str, config) -> bool:
     """Whether `workdir` holds a finished run (results.json) of exactly `config`."""
-    from unified_petl.train.config import with_defaults
+    from unified_petl.train import storage
+    from unified_petl.train.config import run_record
 
-    results, saved = (os.path.join(workdir, n) for n in ("results.json", "config.json"))
-    if not (os.path.isfile(results) and os.path.isfile(saved)):
+    results, saved = (storage.join(workdir, n) for n in ("results.json", "config.json"))
+    if not (storage.isfile(results) and storage.isfile(saved)):
         return False
-    try:
-        with open(saved) as f:
-            return json.load(f) == json.loads(with_defaults(config).to_json())
+    try:  # the launch settings (process id, ...) are not part of the record
+        return json.loads(storage.read_text(saved)) == json.loads(run_record(config).to_json())
     except ValueError:  # an unreadable config.json: let the trainer decide
         return False
 
@@ -60,6 +60,7 @@ def sweep(config, seeds: Sequence[int], root: str, *, base=None,
     preempted (SIGTERM), that run's {"preempted": True, ...} at once (run the sweep again to
     continue). A diverged seed does not stop the others.
     """
+    from unified_petl.train import storage
     from unified_petl.train.config import check_config, with_defaults
     from unified_petl.train.loop import TrainingDiverged, train
 
@@ -71,9 +72,9 @@ def sweep(config, seeds: Sequence[int], root: str, *, base=None,
         run_config.seed = int(seed)
         workdir = seed_workdir(root, seed)
         if finished(workdir, run_config):
-            log(f"seed {seed}: finished ({os.path.join(workdir, 'results.json')}), skipped")
-            with open(os.path.join(workdir, "results.json")) as f:
-                runs[seed] = json.load(f)
+            results_file = storage.join(workdir, "results.json")
+            log(f"seed {seed}: finished ({results_file}), skipped")
+            runs[seed] = json.loads(storage.read_text(results_file))
             continue
         if shared_base is None:  # loaded once, shared by every seed (as the demo does)
             from unified_petl.models.loading import load_pretrained
@@ -86,7 +87,9 @@ def sweep(config, seeds: Sequence[int], root: str, *, base=None,
             log(f"seed {seed}: {e}")
             diverged[seed] = str(e)
             continue
-        if results.get("preempted"):
+        if results.get("preempted"):  # stop here: the scheduler requeues, the rerun resumes
+            log(f"seed {seed}: {results.get('signal', 'SIGTERM')} at step {results.get('step')}"
+                f"; run the sweep again to continue")
             return results
         runs[seed] = results
     return {"root": root, "runs": runs, "diverged": diverged}

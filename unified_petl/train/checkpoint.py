@@ -21,7 +21,6 @@ safetensors reader (PyTorch too) can open it.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any, Callable, Optional
 
@@ -30,6 +29,7 @@ import numpy as np
 from flax import traverse_util
 
 from unified_petl.delta.spec import Method, parse_method
+from unified_petl.train import storage
 
 FORMAT = "unified-petl-delta/1"
 
@@ -101,6 +101,14 @@ def _drop_closed_loop_noise() -> None:
     sys.unraisablehook = hook
 
 
+def barrier(name: str) -> None:
+    """Wait until every process gets here (nothing to wait for with one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 # ----------------------------------------------------------------------------- training
 class Checkpointer:
     """Orbax CheckpointManager for (TrainState, meta) under `directory`."""
@@ -109,7 +117,7 @@ class Checkpointer:
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.resolve(directory)  # a local path made absolute, or a URL
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True)  # leftovers of a save killed half-way
@@ -175,15 +183,20 @@ class Checkpointer:
         return None
 
     def set_aside(self, step: int) -> str:
-        """Rename checkpoint `step` to STEP.corrupt[.n] (orbax ignores the name) on process 0;
-        returns the new path."""
-        path = os.path.join(self.directory, str(step))
+        """Rename checkpoint `step` to STEP.corrupt[.n] (orbax ignores the name); returns the
+        new path. With several processes (one shared directory) process 0 renames while the
+        others wait at a barrier on each side: every process picks the same name before the
+        rename, and none reloads the list of steps before it is done (a process that
+        reloaded early would still see the damaged step and resume from another one)."""
+        path = storage.join(self.directory, str(step))
         target, n = path + ".corrupt", 1
-        while os.path.exists(target):
+        while storage.exists(target):
             n += 1
             target = f"{path}.corrupt.{n}"
+        barrier(f"unified_petl_set_aside_{step}_named")
         if jax.process_index() == 0:
-            os.rename(path, target)
+            storage.rename(path, target)
+        barrier(f"unified_petl_set_aside_{step}_renamed")
         self.manager.reload()
         return target
 
@@ -252,11 +265,9 @@ def save_delta(path: str, model_or_method, delta: Any, base, *,
               "fingerprint": base.fingerprint, "build": json.dumps(build)}
     if step is not None:  # the training step of this Δh (the trainer's files)
         header["step"] = str(int(step))
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = path + ".tmp"
-    save_file(tensors, tmp, metadata=header)
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    storage.makedirs(storage.resolve(path).rsplit("/", 1)[0])
+    with storage.upload(path) as local:  # whole: a reader never sees half a file
+        save_file(tensors, local, metadata=header)
     return path
 
 
@@ -265,10 +276,10 @@ def read_delta_file(path: str) -> tuple[dict, dict]:
     damaged (truncated, not safetensors) or not a Δh file."""
     from safetensors import safe_open
 
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise FileNotFoundError(f"{path}: no such Δh file; write one with save_delta")
     try:
-        with safe_open(path, framework="numpy") as f:
+        with storage.local_copy(path) as local, safe_open(local, framework="numpy") as f:
             header = f.metadata() or {}
             if header.get("format") != FORMAT:
                 raise ValueError(f"{path} is not a Δh file written by save_delta "

@@ -38,7 +38,14 @@ trainer reads with its default. Top-level keys every training config has:
                   tokenises ('13a': sacrebleu's WMT tokeniser; 'moses': the Moses tokenizer
                   then tokenize='none', the reference's en-ro scoring). The best Δh is
                   written to WORKDIR/best/ (unified_petl.train.selection)
-  distributed     call jax.distributed.initialize() (multi-host)
+  distributed     call jax.distributed.initialize() (several processes: TPU pod, SLURM, MPI,
+                  or launch/multiprocess.sh); each process logs one startup line
+  coordinator_address, num_processes, process_id, local_device_ids
+                  jax.distributed.initialize's arguments ('' / 0 / -1 / () = JAX detects
+                  them from SLURM, Open MPI or the TPU metadata): 'host:port' of process
+                  0, how many processes, this one's index, the local GPUs it drives (e.g.
+                  (0,1,2,3)); launch settings, not the experiment's: config.json and the
+                  checkpoints keep their defaults (LAUNCH_KEYS)
   num_devices     use the first n devices (0 = all)
   progress        show a tqdm progress bar
   save_delta      write WORKDIR/delta.safetensors at the end (save_delta format)
@@ -112,6 +119,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(dict(selection="", generate=False,
                                             bleu_tokenize="13a"))
     c.distributed = False
+    c.coordinator_address = ""  # launch settings (LAUNCH_KEYS): '' / 0 / -1 / () = detect
+    c.num_processes = 0
+    c.process_id = -1
+    c.local_device_ids = ()
     c.num_devices = 0
     c.progress = True
     c.save_delta = True
@@ -259,19 +270,46 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                           "tokeniser) or 'moses' (Moses tokens, the reference's en-ro BLEU)")
     if not 0.0 <= float(config.get("label_smoothing", 0.0)) < 1.0:
         raise ConfigError(f"label_smoothing={config.label_smoothing} must be in [0, 1)")
+    check_launch(config)
+
+
+def check_launch(config: ml_collections.ConfigDict) -> None:
+    """One line for launch settings that cannot work (before any process connects)."""
+    address = str(config.get("coordinator_address", "") or "")
+    count, index = int(config.get("num_processes", 0)), int(config.get("process_id", -1))
+    ids = config.get("local_device_ids", ())
+    given = [k for k, v in (("coordinator_address", address), ("num_processes", count),
+                            ("process_id", index >= 0), ("local_device_ids", ids)) if v]
+    if given and not config.get("distributed", False):
+        raise ConfigError(f"{', '.join(given)} set without --config.distributed=true; they are "
+                          "arguments of jax.distributed.initialize: add it")
+    if address and (":" not in address or not address.rsplit(":", 1)[1].isdigit()):
+        raise ConfigError(f"coordinator_address={address!r}: write HOST:PORT of process 0, "
+                          "e.g. localhost:12345")
+    if count < 0 or index < -1:
+        raise ConfigError(f"num_processes={count} / process_id={index}: use num_processes >= 1 "
+                          "and 0 <= process_id < num_processes (0 and -1: detect them)")
+    if count and index >= count:
+        raise ConfigError(f"process_id={index} must be < num_processes={count} (processes are "
+                          "numbered from 0)")
+    if not isinstance(ids, (tuple, list)) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ConfigError(f"local_device_ids={ids!r}: write device numbers, e.g. "
+                          "--config.local_device_ids=0,1,2,3 (() = detect)")
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a run was trained with: WORKDIR/config.json, written by the trainer."""
     import json
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    from unified_petl.train import storage
+
+    path = storage.join(workdir, "config.json")
+    if not storage.isfile(path):
         raise ConfigError(f"{path} not found (the trainer writes it); pass --config "
                           "path/to/config.py, or train in this workdir first")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(storage.read_text(path))
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not a readable config ({e}); pass --config "
                           "path/to/config.py") from None
@@ -279,6 +317,17 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"{path} holds {type(data).__name__}, not a config object; pass "
                           "--config path/to/config.py")
     return ml_collections.ConfigDict(data)
+
+
+def run_record(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` with its defaults and the LAUNCH_KEYS reset: what config.json and the
+    checkpoints record, the same on every process of a run."""
+    out = with_defaults(config)
+    defaults = base_config()
+    for key in LAUNCH_KEYS:
+        with out.ignore_type():
+            out[key] = defaults[key]
+    return out
 
 
 def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -303,7 +352,12 @@ def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
 # `base` and `method` are compared by what they mean (fingerprint, Method spec) elsewhere.
 RESUMABLE_CHANGES = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
                      "progress", "save_delta", "distributed", "num_devices",
-                     "data.eval_batch_size", "data.buckets")
+                     "data.eval_batch_size", "data.buckets", "coordinator_address",
+                     "num_processes", "process_id", "local_device_ids")
+# How this process joins a multi-process job: they differ between the processes of one run
+# and between one job and its requeued successor, so config.json and the checkpoints hold
+# their defaults (see `run_record`); eval / predict take them from the command line again.
+LAUNCH_KEYS = ("coordinator_address", "num_processes", "process_id", "local_device_ids")
 COMPARED_ELSEWHERE = ("base", "method")
 PATH_KEYS = ("data.train_files", "data.eval_files")
 

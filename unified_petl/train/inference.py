@@ -32,7 +32,7 @@ import numpy as np
 
 from unified_petl.build import init_delta
 from unified_petl.train import optim as optim_lib
-from unified_petl.train import selection
+from unified_petl.train import selection, storage
 from unified_petl.train.checkpoint import (Checkpointer, check_fingerprint, check_method,
                                            load_delta)
 from unified_petl.train.config import ConfigError, check_config, with_defaults
@@ -59,7 +59,7 @@ def restore(config, workdir: str, run, mesh, *, best: bool):
     The checkpoint must hold a run of config's method and base (the trainer's checks, one
     line each); the selected Δh file carries its own method (prefix MLPs ejected).
     """
-    if not os.path.isdir(workdir):
+    if not storage.isdir(workdir):
         raise ValueError(f"workdir {workdir} not found; give the --workdir of a training run")
     if best:
         path, record = selection.selected(workdir)
@@ -69,7 +69,7 @@ def restore(config, workdir: str, run, mesh, *, best: bool):
         trainable, frozen = (delta, {}) if run.full else split_trainable(False, run.params,
                                                                          delta)
         return run, trainable, frozen, int(record["step"])
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    ckpt = Checkpointer(storage.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
     try:
         if ckpt.latest_step() is None:
             raise ValueError(f"no checkpoint in {ckpt.directory}; train first with "
@@ -78,7 +78,7 @@ def restore(config, workdir: str, run, mesh, *, best: bool):
             check_fingerprint(meta["fingerprint"], run.base, f"the checkpoint in {workdir}")
             check_method(meta["method"], run.model.method, workdir,
                          "evaluate with the run's own config (leave out --config: it reads "
-                         f"{os.path.join(workdir, 'config.json')}) or "
+                         f"{storage.join(workdir, 'config.json')}) or "
                          f"--config.method={meta['method']['name']!r}")
 
         optimizer, _ = optim_lib.make_optimizer(config.optim, config.total_steps)
@@ -157,10 +157,11 @@ def score(eval_step, trainable, frozen, encoded, run, config, mesh, *, decode: b
     buckets = tuple(config.data.buckets) or None
     nll, weight, preds, labels, rows = 0.0, 0.0, [], [], []
     uniform = 0.0  # Σ w·mean_vocab(-log p): with nll, the label-smoothed loss
-    for local in eval_batches(encoded, batch_size=batch_size,
-                              decoder_start_token_id=decoder_start(run), buckets=buckets,
-                              process_index=jax.process_index(),
-                              process_count=jax.process_count()):
+    stream = eval_batches(encoded, batch_size=batch_size,
+                          decoder_start_token_id=decoder_start(run), buckets=buckets,
+                          process_index=jax.process_index(), process_count=jax.process_count())
+    prefetch = getattr(encoded, "prefetching", None)  # several processes: tokenise lazily
+    for local in prefetch(stream) if prefetch is not None else stream:
         out = eval_step(trainable, frozen, global_batch(local, mesh))
         nll += float(out["nll_sum"])
         uniform += float(out["uniform_sum"])
@@ -185,7 +186,8 @@ def score(eval_step, trainable, frozen, encoded, run, config, mesh, *, decode: b
                                             run.task, encoded, run.base.tokenizer, run.base,
                                             config.generate, batch_size=batch_size,
                                             buckets=buckets,
-                                            bleu_tokenize=str(config.eval.bleu_tokenize))
+                                            bleu_tokenize=str(config.eval.bleu_tokenize),
+                                            mesh=mesh)
         result.update(scores)
     return result, outputs
 
@@ -239,10 +241,11 @@ def evaluate(config, workdir: str, *, base=None, best: bool = False,
     tag = "best" if best else "latest"
     name = ("eval_best_results" if best else "eval_results") + (f"_{split}" if whole else "")
     results = {"step": step, "split": split, "selected": best, "examples": len(encoded),
-               "eval": metrics, "results": os.path.join(workdir, f"{name}.json"),
+               "eval": metrics, "results": storage.join(workdir, f"{name}.json"),
                "predictions": None}
     if outputs is not None:
-        results["predictions"] = os.path.join(workdir, PREDICTIONS, f"eval_{tag}_{split}.jsonl")
+        results["predictions"] = storage.join(workdir, PREDICTIONS,
+                                              f"eval_{tag}_{split}.jsonl")
     if jax.process_index() == 0:
         records = None
         if outputs is not None:
@@ -280,7 +283,7 @@ def predict(config, workdir: str, *, base=None, best: bool = False,
         if max_examples:
             lines, examples = lines[:max_examples], examples[:max_examples]
     name = split if input_file is None else os.path.splitext(os.path.basename(input_file))[0]
-    out = out or os.path.join(workdir, PREDICTIONS, f"predict_{tag}_{name}.jsonl")
+    out = out or storage.join(workdir, PREDICTIONS, f"predict_{tag}_{name}.jsonl")
     _check_writable(out)  # before the work: the predictions are the product
     mesh = _setup_devices(config)
     run = build_run(config, base)
@@ -306,7 +309,7 @@ def predict(config, workdir: str, *, base=None, best: bool = False,
                          max_source_len=config.data.max_source_len or None,
                          max_target_len=target_len)
         kw = dict(batch_size=_eval_batch_size(config, mesh),
-                  buckets=tuple(config.data.buckets) or None)
+                  buckets=tuple(config.data.buckets) or None, mesh=mesh)
         model_vars = variables(run.full, trainable, frozen)
         if run.task.kind == "classification":
             outputs = classify(run.model, model_vars, encoded, **kw).tolist()
@@ -333,14 +336,12 @@ def _check_writable(path: str) -> None:
     """Refuse an output path that cannot be written, before any work is done."""
     if jax.process_index() != 0:
         return
-    if os.path.isdir(path):
+    if storage.isdir(path):
         raise ValueError(f"cannot write {path} (it is a folder); give --out a file path")
     probe = path + ".tmp"
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
+        storage.write_bytes(probe, b"")
+        storage.remove(probe)
     except OSError as e:
         raise ValueError(f"cannot write {path} ({e.strerror or e}); give --out a writable "
                          "path") from None
@@ -352,16 +353,11 @@ def _write(results: dict, records: Optional[list]) -> None:
     from unified_petl.predict import write_jsonl
 
     path = results["results"]
-    tmp = path + ".tmp"
     try:
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(tmp, path)
+        storage.write_text(path, json.dumps(results, indent=2))  # whole, or not at all
         if records is not None:
             path = results["predictions"]
             write_jsonl(path, records)
     except OSError as e:
-        if os.path.isfile(tmp):
-            os.remove(tmp)
         raise OutputError(f"cannot write {path} ({e.strerror or e}); make the workdir "
                           "writable and run again", results) from None

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Callable, Optional, Sequence
 
@@ -30,11 +29,12 @@ import numpy as np
 
 from unified_petl.build import init_delta
 from unified_petl.train import optim as optim_lib
-from unified_petl.train import selection
-from unified_petl.train.checkpoint import (Checkpointer, CheckpointMismatch, check_fingerprint,
-                                           check_method, delta_file_problem, save_delta)
+from unified_petl.train import selection, storage
+from unified_petl.train.checkpoint import (Checkpointer, CheckpointMismatch, barrier,
+                                           check_fingerprint, check_method, delta_file_problem,
+                                           save_delta)
 from unified_petl.train.config import (RESUMABLE_CHANGES, check_config, resume_changes,
-                                       with_defaults)
+                                       run_record, with_defaults)
 from unified_petl.train.setup import build_run, decoder_start, encode_split
 from unified_petl.train.step import (global_batch, init_state, make_eval_step,
                                      make_mesh, make_train_step, replicate, split_trainable,
@@ -47,9 +47,13 @@ class TrainingDiverged(RuntimeError):
 
 
 def _setup_devices(config):
+    """The mesh of this run; with config.distributed, first joins the other processes
+    (jax.distributed.initialize with the config's launch keys) and logs one startup line."""
     if config.distributed:
-        jax.distributed.initialize()
+        _initialize_distributed(config)
     mesh = make_mesh(int(config.num_devices) or None)
+    if config.distributed:
+        startup_line(mesh)
     rows = config.batch_size // config.grad_accum
     if not config.max_tokens and rows % mesh.size:
         raise ValueError(f"batch_size={config.batch_size} with grad_accum={config.grad_accum} "
@@ -57,6 +61,68 @@ def _setup_devices(config):
                          f"{mesh.size} devices; use a batch_size divisible by "
                          f"{mesh.size * config.grad_accum}")
     return mesh
+
+
+def _initialize_distributed(config) -> None:
+    """jax.distributed.initialize with config.coordinator_address, num_processes, process_id
+    and local_device_ids ('' / 0 / -1 / (): JAX detects them from SLURM, Open MPI, a TPU VM).
+    Once per process: eval after train in one Python process reuses the connection."""
+    if jax.distributed.is_initialized():
+        return
+    kwargs = {}
+    if config.coordinator_address:
+        kwargs["coordinator_address"] = str(config.coordinator_address)
+    if int(config.num_processes):
+        kwargs["num_processes"] = int(config.num_processes)
+    if int(config.process_id) >= 0:
+        kwargs["process_id"] = int(config.process_id)
+    if tuple(config.local_device_ids):
+        kwargs["local_device_ids"] = [int(i) for i in config.local_device_ids]
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ValueError(
+            f"--config.distributed=true: jax.distributed.initialize failed "
+            f"({' '.join(str(e).split())[:200]}); outside SLURM, Open MPI or a TPU VM set "
+            "--config.coordinator_address=HOST:PORT, --config.num_processes=N and "
+            "--config.process_id=I (launch/multiprocess.sh does)") from None
+
+
+def startup_line(mesh) -> str:
+    """One line on every process (stderr) that shows at once whether the launch is the
+    intended one: process index and count, this host's devices, all devices, the mesh."""
+    import socket
+
+    local = jax.local_devices()
+    kinds = sorted({d.device_kind for d in local})
+    ids = [d.id for d in local]
+    line = (f"unified-petl: process {jax.process_index()} of {jax.process_count()} on "
+            f"{socket.gethostname()}: {len(local)} local {jax.default_backend()} device(s) "
+            f"{ids} ({', '.join(kinds)}), {jax.device_count()} global; mesh "
+            f"{dict(mesh.shape)}")
+    print(line, file=sys.stderr, flush=True)
+    unused = unused_gpus(os.environ, len(local), jax.default_backend())
+    if unused:
+        warn(unused)
+    return line
+
+
+def unused_gpus(env, local_devices: int, backend: str) -> Optional[str]:
+    """A warning when SLURM gave this node more GPUs than the processes on it drive (JAX's
+    SLURM detection gives a process one GPU, [SLURM_LOCALID]), else None."""
+    if backend != "gpu" or "SLURM_JOB_ID" not in env:
+        return None
+    try:
+        gpus = int(env.get("SLURM_GPUS_ON_NODE", "0"))
+        tasks = int(str(env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+                        or "1").split("(")[0].split(",")[0])
+    except ValueError:
+        return None
+    if gpus and local_devices * max(tasks, 1) < gpus:
+        return (f"SLURM gave this node {gpus} GPUs but its {tasks} process(es) drive "
+                f"{local_devices} each: {gpus - local_devices * tasks} idle; set "
+                "--config.local_device_ids (launch/slurm.sbatch does) or run one task per GPU")
+    return None
 
 
 def _eval_batch_size(config, mesh) -> int:
@@ -100,7 +166,7 @@ def train(config, workdir: str, *, base=None,
     base_size = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.params))
 
     # ---------------------------------------------------------------- 4. resume
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    ckpt = Checkpointer(storage.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
     writer = preemption = bar = None
     try:
         method_spec = json.loads(json.dumps(model.method.to_dict()))
@@ -130,9 +196,9 @@ def train(config, workdir: str, *, base=None,
         # the checks passed: this config is the run's
         writer = MetricWriter(workdir, enabled=process0)
         writer.truncate_after(start)  # also 0: a run killed before its first checkpoint
+        recorded = run_record(config)  # without this process's launch settings
         if process0:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                f.write(config.to_json(indent=2))
+            storage.write_text(storage.join(workdir, "config.json"), recorded.to_json(indent=2))
 
         stream = _train_stream(train_data, run, config, mesh, position)
         train_step = make_train_step(model, optimizer, mesh, schedule=schedule,
@@ -146,7 +212,7 @@ def train(config, workdir: str, *, base=None,
         def save(step):
             ckpt.save(step, state, {"method": method_spec, "fingerprint": run.base.fingerprint,
                                     "data": stream.state(), "step": step,
-                                    "config": config.to_json()})
+                                    "config": recorded.to_json()})
 
         def save_trained_delta(path):
             # full: {params, delta}; otherwise the whole delta collection (a frozen head too)
@@ -218,17 +284,21 @@ def train(config, workdir: str, *, base=None,
                 hook(step, state)
             if stop and not last:
                 ckpt.wait()
+                # no process leaves before every one has finished writing: a launcher that
+                # ends the job when its first process exits (srun --kill-on-bad-exit) would
+                # otherwise cut process 0 short while it commits the checkpoint
+                barrier("unified_petl_preempted")
                 name = preemption.signal_name or "SIGTERM"
                 print(f"{name}: saved checkpoint {step} in {ckpt.directory}; run the same "
                       "command again to resume", file=sys.stderr, flush=True)
                 return {"preempted": True, "step": step, "signal": name}
 
         # ------------------------------------------------------------ 6. final eval, results
-        results_path = os.path.join(workdir, "results.json")
+        results_path = storage.join(workdir, "results.json")
         if start == config.total_steps:  # a finished run: nothing to do but repair
             finished = _finished_results(results_path, process0)
             if finished is not None:
-                delta_path = os.path.join(workdir, "delta.safetensors")
+                delta_path = storage.join(workdir, "delta.safetensors")
                 problem = delta_file_problem(delta_path) if config.save_delta else None
                 if problem and process0:  # the final checkpoint holds the same Δh
                     save_trained_delta(delta_path)
@@ -246,10 +316,9 @@ def train(config, workdir: str, *, base=None,
                    "wall_time_s": time.time() - wall_start,
                    "eval": dict(eval_metrics), "best": best.best}
         if process0:
-            with open(results_path, "w") as f:
-                json.dump(results, f, indent=2)
+            storage.write_text(results_path, json.dumps(results, indent=2))
             if config.save_delta:
-                save_trained_delta(os.path.join(workdir, "delta.safetensors"))
+                save_trained_delta(storage.join(workdir, "delta.safetensors"))
         return results
     finally:
         if bar is not None:
@@ -262,28 +331,29 @@ def train(config, workdir: str, *, base=None,
 
 
 def check_writable(workdir: str) -> None:
-    """Create `workdir` and write a file there, or one line that says why not."""
+    """Create `workdir` (a folder or a gs:// URL) and write a file there, or one line that
+    says why not."""
     try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise ValueError(f"cannot write to the workdir {workdir} "
-                         f"({e.strerror or type(e).__name__}); choose a folder you can write "
-                         "to") from None
+        storage.check_writable(workdir)
+    except Exception as e:  # OSError; for a URL also a missing backend, credentials, ...
+        if not (isinstance(e, OSError) or storage.is_remote(workdir)):
+            raise
+        why = getattr(e, "strerror", None) or f"{type(e).__name__}: {' '.join(str(e).split())}"
+        fix = ("check the URL, your credentials and that gcsfs is installed (pip install "
+               "gcsfs)" if storage.is_remote(workdir) else "choose a folder you can write to")
+        raise ValueError(f"cannot write to the workdir {workdir} ({why[:200]}); {fix}") from None
 
 
 def _finished_results(path: str, process0: bool) -> Optional[dict]:
     """results.json of a finished run, or None (missing; unreadable: renamed .corrupt with
     a warning, and the final evaluation runs again to rewrite it)."""
-    if not os.path.exists(path):
+    if not storage.exists(path):
         return None
     try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
+        return json.loads(storage.read_bytes(path))
     except ValueError as e:
         if process0:
-            os.replace(path, path + ".corrupt")
+            storage.rename(path, path + ".corrupt")
         warn(f"{path} is unreadable ({type(e).__name__}); kept as {path}.corrupt; evaluating "
              "the final checkpoint again to rewrite it")
         return None
@@ -330,9 +400,12 @@ def _train_stream(train_data, run, config, mesh, position: dict):
                   buckets=tuple(config.data.buckets) or None,
                   process_index=jax.process_index(), process_count=jax.process_count())
     if config.max_tokens:
-        return token_budget_batches(train_data, int(config.max_tokens),
-                                    multiple_of=mesh.size * int(config.grad_accum), **common)
-    return batches(train_data, batch_size=config.batch_size, **common)
+        stream = token_budget_batches(train_data, int(config.max_tokens),
+                                      multiple_of=mesh.size * int(config.grad_accum), **common)
+    else:
+        stream = batches(train_data, batch_size=config.batch_size, **common)
+    prefetch = getattr(train_data, "prefetching", None)  # several processes: tokenise lazily
+    return prefetch(stream) if prefetch is not None else stream
 
 
 def _progress(config, start: int, enabled: bool):

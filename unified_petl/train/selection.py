@@ -4,7 +4,8 @@ The paper selects XSum checkpoints by ROUGE-2 of decoded summaries, en-ro by the
 loss and GLUE by accuracy (config.eval.selection). Every evaluation of the trainer goes
 through `Selection.update`; when it beats the best so far, the Δh is written (save_delta
 format) to WORKDIR/best/delta.safetensors and then WORKDIR/best/best.json records
-{"step", "metric", "value"}. Both writes are atomic renames. On resume the record is read
+{"step", "metric", "value"}. Both are written whole (an atomic rename locally, one object
+upload on gs://: unified_petl.train.storage). On resume the record is read
 back if it is not newer than the resumed step (a newer one belongs to steps about to be
 replayed, which reproduce it exactly). An evaluation with a NaN/inf metric is never selected
 (one warning line says so). A damaged record is renamed best.json.corrupt and rebuilt from
@@ -18,8 +19,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Callable, Optional
+
+from unified_petl.train import storage
 
 # WORKDIR/best/ holds the selected Δh and its record.
 FOLDER, DELTA_FILE, RECORD_FILE = "best", "delta.safetensors", "best.json"
@@ -58,16 +60,16 @@ def resolve(task, selection: str, generate: bool) -> str:
 
 def selected(workdir: str) -> tuple[str, dict]:
     """(path of the selected Δh file, its record {step, metric, value}) of a run in workdir."""
-    folder = os.path.join(workdir, FOLDER)
-    path = os.path.join(folder, DELTA_FILE)
-    if not os.path.isfile(path):
+    folder = storage.join(workdir, FOLDER)
+    path = storage.join(folder, DELTA_FILE)
+    if not storage.isfile(path):
         damaged = (f" (a damaged one was kept as {path}.corrupt)"
-                   if os.path.exists(path + ".corrupt") else "")
+                   if storage.exists(path + ".corrupt") else "")
         raise ValueError(f"no selected Δh at {path}{damaged}; it is written by a training run "
                          "with save_delta=true that evaluated at least once")
-    record, problem = _read_record(os.path.join(folder, RECORD_FILE))
+    record, problem = _read_record(storage.join(folder, RECORD_FILE))
     if problem:
-        raise ValueError(f"{os.path.join(folder, RECORD_FILE)}: {problem}; rerun "
+        raise ValueError(f"{storage.join(folder, RECORD_FILE)}: {problem}; rerun "
                          "`unified-petl train` on this workdir to rebuild it")
     return path, record
 
@@ -75,8 +77,7 @@ def selected(workdir: str) -> tuple[str, dict]:
 def _read_record(path: str) -> tuple[Optional[dict], Optional[str]]:
     """(record, None), or (None, why it cannot be used)."""
     try:
-        with open(path, "rb") as f:
-            record = json.loads(f.read())
+        record = json.loads(storage.read_bytes(path))
         value = {"step": int(record["step"]), "metric": str(record["metric"]),
                  "value": float(record["value"])}
     except FileNotFoundError:
@@ -113,11 +114,11 @@ def greater_is_better(metric: str) -> bool:
 def _set_aside(path: str, enabled: bool) -> str:
     """Rename a damaged file to PATH.corrupt[.n] (kept for inspection); the new path."""
     target, n = path + ".corrupt", 1
-    while os.path.exists(target):
+    while storage.exists(target):
         n += 1
         target = f"{path}.corrupt.{n}"
     if enabled:
-        os.replace(path, target)
+        storage.rename(path, target)
     return target
 
 
@@ -126,13 +127,13 @@ class Selection:
 
     def __init__(self, workdir: str, metric: str, save: Optional[Callable[[str], None]], *,
                  resume_step: int = 0, enabled: bool = True):
-        self.folder = os.path.join(workdir, FOLDER)
+        self.folder = storage.join(workdir, FOLDER)
         self.metric, self.save_fn, self.enabled = metric, save, enabled
         self.best: Optional[dict] = None
-        self.record = os.path.join(self.folder, RECORD_FILE)
-        self.delta = os.path.join(self.folder, DELTA_FILE)
+        self.record = storage.join(self.folder, RECORD_FILE)
+        self.delta = storage.join(self.folder, DELTA_FILE)
         self.resume_step = resume_step
-        if not os.path.exists(self.record):
+        if not storage.exists(self.record):
             return
         best, problem = _read_record(self.record)
         if problem:
@@ -165,7 +166,7 @@ class Selection:
             warn(f"{self.record} is {problem}; kept as {kept}; rebuilt from the eval "
                  f"records of metrics.jsonl: {found}")
             return best
-        if os.path.exists(self.delta):
+        if storage.exists(self.delta):
             _set_aside(self.delta, self.enabled)
         warn(f"{self.record} is {problem}; kept as {kept}; the selection cannot be rebuilt "
              "(the Δh file does not confirm its step), so it starts again with the next "
@@ -189,7 +190,7 @@ class Selection:
             problem = str(e)
         if not problem:
             return
-        kept = _set_aside(self.delta, self.enabled) if os.path.exists(self.delta) else None
+        kept = _set_aside(self.delta, self.enabled) if storage.exists(self.delta) else None
         where = f"; kept as {kept}" if kept else ""
         if self.best["step"] == self.resume_step:
             if self.enabled:
@@ -227,15 +228,12 @@ class Selection:
             return False
         self.best = {"step": int(step), "metric": self.metric, "value": value}
         if self.enabled:
-            os.makedirs(self.folder, exist_ok=True)
+            storage.makedirs(self.folder)
             if self.save_fn is not None:
                 self.save_fn(self.delta)
             self._write_record()
         return True
 
     def _write_record(self) -> None:
-        if self.enabled:
-            os.makedirs(self.folder, exist_ok=True)
-            with open(self.record + ".tmp", "w") as f:
-                json.dump(self.best, f, indent=2)
-            os.replace(self.record + ".tmp", self.record)
+        if self.enabled:  # written whole (storage.write_text)
+            storage.write_text(self.record, json.dumps(self.best, indent=2))

@@ -72,7 +72,29 @@ def build_run(config, base: Optional[Base] = None) -> Run:
     if task.kind == "classification" and model.cfg.seq2seq:
         raise ValueError(f"task {task.name!r} is classification; use an encoder-only base "
                          f"(RoBERTa/BERT), not {config.base}")
+    if task.kind == "seq2seq":
+        check_decoding(config, model, base)
     return Run(base=base, task=task, model=model, params=frozen_params(base, model))
+
+
+def check_decoding(config, model, base) -> None:
+    """The config's `generate` settings checked against the model before any work (before,
+    a max_length past the decoder's position table was refused only at the first decoding
+    evaluation, after the training up to it): one ConfigError line naming the key."""
+    from unified_petl.generate import _settings
+    from unified_petl.predict import generate_kwargs
+    from unified_petl.train.config import ConfigError
+
+    try:
+        kwargs = generate_kwargs(config.get("generate"))
+        # the search settings only: token ids come from the checkpoint when decoding
+        _settings(model, None, **kwargs, decoder_start_token_id=0, eos_token_id=0,
+                  pad_token_id=0, forced_bos_token_id=None, forced_eos_token_id=None)
+    except ValueError as e:
+        limit = model.cfg.max_positions + 1
+        fix = (f"set --config.generate.max_length to at most {limit}"
+               if "positions" in str(e) else "fix the config's generate group")
+        raise ConfigError(f"config.generate of base {config.base}: {e}; {fix}") from None
 
 
 def overridden(hf_config, overrides) -> Any:
@@ -126,7 +148,10 @@ def frozen_params(base: Base, model) -> Any:
 
 def encode_split(run: Run, config, split: str):
     """Tokenised split ('train' or config.data.eval_split) of the run's task, its lengths
-    within the model's position table (sequence_lengths)."""
+    within the model's position table (sequence_lengths). With several processes, a
+    train.host_data.HostEncoded: the lengths of every row, the tokens of the rows this
+    process feeds, tokenised as its batches need them (iterate its batches through
+    `encoded.prefetching(stream)`)."""
     from unified_petl.data import encode, load_task
 
     if run.base.tokenizer is None:
@@ -151,6 +176,13 @@ def encode_split(run: Run, config, split: str):
         raise ValueError(f"the {split} split of task {run.task.name!r} is empty "
                          f"({files or 'generated/hub data'}); give a file with examples")
     source_len, target_len = sequence_lengths(run, config, split)
+    if jax.process_count() > 1:  # each process tokenises what it feeds (train.host_data)
+        from unified_petl.train.host_data import encode_for_process
+
+        return encode_for_process(run.task, dataset, run.base.tokenizer,
+                                  max_source_len=source_len, max_target_len=target_len,
+                                  process_index=jax.process_index(),
+                                  process_count=jax.process_count())
     return encode(run.task, dataset, run.base.tokenizer, max_source_len=source_len,
                   max_target_len=target_len)
 
