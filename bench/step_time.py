@@ -6,6 +6,12 @@
     python bench/step_time.py --arch roberta-base --method "lora(r=16)" --peft --json  # HF PEFT
     python bench/step_time.py --arch roberta-base --method "lora(r=16)" --with-peft --json  # both
 
+Memory per device, from shapes only (nothing is initialised or run; 8 simulated CPU devices):
+
+    python bench/step_time.py --arch bart-large --method full --batch 16 --seq 512 --tgt 128 \
+        --devices 8 --fsdp 8 --memory-only --json
+    ... --frozen-dtype bfloat16 --remat full   (bf16 frozen storage, per-layer remat)
+
 The model is randomly initialised from the shipped config (configs/models/<arch>/config.json),
 so no weights are needed; speed does not depend on the values. The step is the project's own
 (unified_petl.train.step.make_train_step: jitted, state donated, gradient w.r.t. the trainable
@@ -20,7 +26,18 @@ Printed (one JSON object with --json):
                 of a PETL step are absent: compare with `full`)
   peak_rss_bytes host peak resident memory of the process (ru_maxrss; includes the init)
   device_peak_bytes device memory stats when the backend has them (GPU/TPU), else null
-  temp_bytes    XLA's temporary buffer size of the compiled step (memory_analysis)
+  temp_bytes    XLA's temporary buffer size of the compiled step on one device
+                (memory_analysis: activations, gathered weights, gradients)
+  device_argument_bytes  the frozen, trained and optimiser-state arguments held by one
+                device (= device_frozen_bytes + device_trained_bytes +
+                device_opt_state_bytes; from each argument's sharding, shard_shape)
+  xla_argument_bytes, xla_output_bytes, xla_alias_bytes  memory_analysis of the compiled
+                step (arguments include the batch; outputs aliased to the donated state)
+  collectives   all-gather / reduce-scatter / all-reduce ops in the compiled step
+  xla_flags     (--memory-only) the XLA flags of the run: on CPU the memory-minimising
+                scheduler (--xla_cpu_enable_concurrency_optimized_scheduler=false) unless
+                XLA_FLAGS names that flag already
+  devices, fsdp, frozen_dtype, remat  the layout (--devices, --fsdp, --frozen-dtype, --remat)
   trained_params, trained_bytes, opt_state_bytes, opt_state_ratio (= opt / trained bytes;
                 AdamW keeps 2 moments so ~2.0)
   recompiles    number of extra compilations during the timed steps (must be 0)
@@ -54,6 +71,19 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--frozen-dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="storage dtype of the frozen weights (config key frozen_dtype)")
+    p.add_argument("--remat", default="none",
+                   help="per-layer rematerialisation policy (config key remat): none, full, "
+                        "nothing_saveable, dots_saveable, dots_with_no_batch_dims_saveable")
+    p.add_argument("--devices", type=int, default=1,
+                   help="devices of the mesh (on CPU, that many are simulated)")
+    p.add_argument("--fsdp", type=int, default=1,
+                   help="size of the fsdp mesh axis (config key mesh.fsdp; 1: data parallel)")
+    p.add_argument("--fsdp-min-size", type=int, default=2 ** 16,
+                   help="leaves with fewer elements stay replicated (mesh.fsdp_min_size)")
+    p.add_argument("--memory-only", action="store_true",
+                   help="compile from shapes and report bytes; initialise and run nothing")
     p.add_argument("--prng", default=None, choices=("threefry2x32", "rbg", "unsafe_rbg"),
                    help="jax_default_prng_impl (default: JAX's, threefry2x32)")
     p.add_argument("--no-dropout", action="store_true", help="set every dropout to 0")
@@ -115,49 +145,104 @@ def _config(args):
     return hf_config
 
 
+def _abstract_layout(model, full, optimizer, mesh, args):
+    """(state, frozen) as ShapeDtypeStructs carrying the trainer's shardings: nothing is
+    allocated, so a base far larger than this machine's memory can be compiled."""
+    import jax
+
+    from unified_petl.build import shape_tree
+    from unified_petl.train.sharding import cast_floating, tree_shardings
+    from unified_petl.train.step import TrainState, replicated, split_trainable
+
+    shapes = shape_tree(model, None)
+    trainable, frozen = split_trainable(full, shapes["params"], shapes.get("delta", {}))
+    if args.frozen_dtype != "float32" and frozen:
+        frozen = {**frozen, "params": cast_floating(frozen["params"], args.frozen_dtype)}
+
+    def laid_out(tree):
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            tree, tree_shardings(tree, mesh, args.fsdp_min_size))
+
+    repl = replicated(mesh)
+    key = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+    state = TrainState(step=jax.ShapeDtypeStruct((), "int32", sharding=repl),
+                       trainable=laid_out(trainable),
+                       opt_state=laid_out(jax.eval_shape(optimizer.init, trainable)),
+                       rng=jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=repl))
+    return state, laid_out(frozen)
+
+
+def _collectives(compiled) -> dict:
+    import re
+
+    text = compiled.as_text()
+    return {op: len(re.findall(rf"\b{op}(?:-start)?\(", text))
+            for op in ("all-gather", "reduce-scatter", "all-reduce")}
+
+
 def bench_jax(args, method: str, base_cache: dict) -> dict:
-    """Time `method`; base_cache holds the random frozen weights shared by the methods."""
+    """Time `method`; base_cache holds the random frozen weights shared by the methods.
+    With --memory-only: compile from shapes and report bytes only."""
     import jax
 
     import jax.numpy as jnp
 
     import unified_petl as up
     from unified_petl.train.optim import make_optimizer
-    from unified_petl.train.step import (global_batch, init_state, make_mesh, make_train_step,
-                                         replicate, split_trainable)
+    from unified_petl.train.sharding import device_bytes, shardings_of
+    from unified_petl.train.step import (data_sharded, frozen_dtype_problem, global_batch,
+                                         init_state, make_mesh, make_train_step, place_frozen,
+                                         split_trainable, state_shardings)
 
     hf_config = _config(args)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     seq2seq = hf_config.is_encoder_decoder
     model = up.build(hf_config, method, num_labels=None if seq2seq else 2,
-                     pretrained_head=False if not seq2seq else None, dtype=dtype)
+                     pretrained_head=False if not seq2seq else None, dtype=dtype,
+                     remat=args.remat)
     cfg = model.cfg
+    full = bool(model.method.full)
+    layout = {"devices": args.devices, "fsdp": args.fsdp, "frozen_dtype": args.frozen_dtype,
+              "remat": args.remat}
+    head = {"impl": "jax", "arch": args.arch, "method": method, "batch": args.batch,
+            "seq": args.seq, "tgt": args.tgt if seq2seq else None, "dtype": args.dtype,
+            **layout}
+    problem = frozen_dtype_problem(full, args.frozen_dtype)
+    if problem:  # as the trainer: one line, no numbers
+        return {**head, "refused": problem}
     local = random_batch(cfg, args.batch, args.seq, args.tgt)
     init_batch = {k: v[:1, :8] for k, v in local.items()
                   if k in ("input_ids", "attention_mask", "decoder_input_ids")}
+    optimizer, schedule = make_optimizer({"lr": 1e-4, "weight_decay": 0.01}, 1000)
+    mesh = make_mesh(args.devices, fsdp=args.fsdp)
 
     t0 = time.perf_counter()
-    key = jax.random.key(0)
-    if "params" not in base_cache:  # the random base: the same tree for every method
-        variables = jax.jit(lambda k: model.init({"params": k, "dropout": k},
-                                                 **init_batch))(key)
-        base_cache["params"] = variables["params"]
-        delta = variables.get("delta", {})
-        del variables
+    if args.memory_only:
+        state, frozen = _abstract_layout(model, full, optimizer, mesh, args)
+        batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=data_sharded(mesh))
+                 for k, v in local.items()}
     else:
-        delta = up.init_delta(model, key, init_batch, params=base_cache["params"])
-    params = base_cache["params"]
+        key = jax.random.key(0)
+        if "params" not in base_cache:  # the random base: the same tree for every method
+            variables = jax.jit(lambda k: model.init({"params": k, "dropout": k},
+                                                     **init_batch))(key)
+            base_cache["params"] = variables["params"]
+            delta = variables.get("delta", {})
+            del variables
+        else:
+            delta = up.init_delta(model, key, init_batch, params=base_cache["params"])
+        params = base_cache["params"]
+        trainable, frozen = split_trainable(full, params, delta)
+        # copies: the base stays intact
+        state = init_state(trainable, optimizer, 0, mesh, min_size=args.fsdp_min_size)
+        frozen = place_frozen(frozen, mesh, min_size=args.fsdp_min_size,
+                              dtype=None if args.frozen_dtype == "float32" else args.frozen_dtype)
+        del params, delta, trainable
+        batch = global_batch(local, mesh)
     init_s = time.perf_counter() - t0
-
-    full = bool(model.method.full)
-    trainable, frozen = split_trainable(full, params, delta)
-    optimizer, schedule = make_optimizer({"lr": 1e-4, "weight_decay": 0.01}, 1000)
-    mesh = make_mesh(1)
-    state = init_state(trainable, optimizer, 0, mesh)  # copies: the base stays intact
-    frozen = replicate(frozen, mesh)
-    del params, delta, trainable
-    batch = global_batch(local, mesh)
-    step = make_train_step(model, optimizer, mesh, schedule=schedule)
+    step = make_train_step(model, optimizer, mesh, schedule=schedule,
+                           state_sharding=state_shardings(state),
+                           frozen_sharding=shardings_of(frozen))
 
     t0 = time.perf_counter()
     compiled = step.lower(state, frozen, batch).compile()
@@ -169,11 +254,32 @@ def bench_jax(args, method: str, base_cache: dict) -> dict:
         flops = float(cost.get("flops", 0.0)) or None
     except Exception:
         pass
-    temp_bytes = None
+    memory = {}
     try:
-        temp_bytes = int(compiled.memory_analysis().temp_size_in_bytes)
+        analysis = compiled.memory_analysis()
+        memory = {"temp_bytes": int(analysis.temp_size_in_bytes),
+                  "xla_argument_bytes": int(analysis.argument_size_in_bytes),
+                  "xla_output_bytes": int(analysis.output_size_in_bytes),
+                  "xla_alias_bytes": int(analysis.alias_size_in_bytes)}
     except Exception:
-        pass
+        memory = {"temp_bytes": None}
+    per_device = {"device_frozen_bytes": device_bytes(frozen),
+                  "device_trained_bytes": device_bytes(state.trainable),
+                  "device_opt_state_bytes": device_bytes(state.opt_state)}
+    per_device["device_argument_bytes"] = sum(per_device.values())
+    trained_params, trained_bytes = _tree_bytes(state.trainable)
+    _, opt_bytes = _tree_bytes(state.opt_state)
+    frozen_params, frozen_bytes = _tree_bytes(frozen)
+    sizes = {"trained_params": trained_params, "frozen_params": frozen_params,
+             "trained_bytes": trained_bytes, "frozen_bytes": frozen_bytes,
+             "opt_state_bytes": opt_bytes}
+    if args.memory_only:
+        return {**head, "memory_only": True, "backend": jax.default_backend(),
+                "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                "compile_s": compile_s, "flops": flops, **memory, **per_device,
+                "collectives": _collectives(compiled), **sizes,
+                "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "load": list(os.getloadavg())}
 
     # Calls go through the jitted function (lower().compile() filled its cache); every
     # backend compilation after this point is a recompile, counted by a monitoring listener.
@@ -199,31 +305,25 @@ def bench_jax(args, method: str, base_cache: dict) -> dict:
     except Exception:
         pass
 
-    trained_params, trained_bytes = _tree_bytes(state.trainable)
-    _, opt_bytes = _tree_bytes(state.opt_state)
     # Adam's step counters are scalars; the moments are the rest.
     moment_bytes = sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(state.opt_state)
                        if x.ndim > 0)
-    frozen_params, _ = _tree_bytes(frozen)
     step_s = statistics.median(times)
     tokens = args.batch * (args.seq + (args.tgt if seq2seq else 0))
     result = {
-        "impl": "jax", "arch": args.arch, "method": method, "batch": args.batch,
-        "seq": args.seq, "tgt": args.tgt if seq2seq else None, "dtype": args.dtype,
-        "prng": str(jax.config.jax_default_prng_impl), "dropout": not args.no_dropout,
-        "backend": jax.default_backend(), "devices": jax.device_count(),
+        **head, "prng": str(jax.config.jax_default_prng_impl),
+        "dropout": not args.no_dropout,
+        "backend": jax.default_backend(), "device_count": jax.device_count(),
         "step_s": step_s, "step_s_all": times, "tokens_per_s": tokens / step_s,
         "compile_s": compile_s, "init_s": init_s, "flops": flops,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "device_peak_bytes": _device_peak(), "temp_bytes": temp_bytes,
-        "trained_params": trained_params, "frozen_params": frozen_params,
-        "trained_bytes": trained_bytes, "opt_state_bytes": opt_bytes,
+        "device_peak_bytes": _device_peak(), **memory, **per_device,
+        "collectives": _collectives(compiled), **sizes,
         "opt_moment_bytes": moment_bytes,
         "opt_state_ratio": opt_bytes / max(trained_bytes, 1),
         "recompiles": recompiles, "loss": float(metrics["loss"]),
         "load": list(os.getloadavg()),
     }
-    del state, frozen, compiled
     return result
 
 
@@ -322,6 +422,17 @@ def bench_peft(args, method: str) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     methods = args.method or ["lora(r=16)"]
+    # XLA flags must be set before jax is imported; only the CPU platform reads these.
+    flags = os.environ.get("XLA_FLAGS", "")
+    if args.devices > 1 and "xla_force_host_platform_device_count" not in flags:
+        flags += f" --xla_force_host_platform_device_count={args.devices}"
+    if args.memory_only and "xla_cpu_enable_concurrency_optimized_scheduler" not in flags:
+        # XLA CPU's default scheduler orders for thread concurrency and ignores the peak:
+        # it runs every rematerialised forward and every weight gather early, so remat and
+        # FSDP would show no saving of temp_bytes. The memory-minimising scheduler orders
+        # as the GPU/TPU schedulers do for memory.
+        flags += " --xla_cpu_enable_concurrency_optimized_scheduler=false"
+    os.environ["XLA_FLAGS"] = flags.strip()
     if args.prng and not args.peft:
         import jax
 

@@ -15,7 +15,7 @@ from unified_petl.models.config import arch_config
 
 def build(config: Any, method: "str | Method" = "none", *, num_labels: Optional[int] = None,
           pretrained_head: Optional[bool] = None, pooling: str = "cls", dtype=jnp.float32,
-          decode: bool = False):
+          decode: bool = False, remat: str = "none"):
     """The base model of `config` with the Δh of `method` at the paper's points.
 
     config: a transformers config (or ArchConfig). method: a preset string ('mam(l=30,r=512)')
@@ -28,15 +28,19 @@ def build(config: Any, method: "str | Method" = "none", *, num_labels: Optional[
     "mean" (masked mean, for sentence-transformers bases). dtype: compute dtype (bf16 for
     speed; weights and Δh stay fp32).
     decode: (m)BART decoder with a KV cache, for generation.
+    remat: rematerialisation policy of each layer in training (unified_petl.models.remat:
+    'none', 'full', 'dots_saveable', ...); parameter names are unchanged.
     """
     from unified_petl.models.bart import BartForConditionalGeneration
+    from unified_petl.models.remat import check_policy
     from unified_petl.models.roberta import RobertaModel
 
+    check_policy(remat)
     cfg = arch_config(config)
     method = parse_method(method) if isinstance(method, str) else method.validate()
     method = method.resolve(cfg).validate(encoder_only=not cfg.seq2seq)
     if cfg.seq2seq:
-        return BartForConditionalGeneration(cfg, method, decode=decode, dtype=dtype)
+        return BartForConditionalGeneration(cfg, method, decode=decode, dtype=dtype, remat=remat)
     has_cls_arch = any("ForSequenceClassification" in a
                        for a in (getattr(config, "architectures", None) or []))
     if num_labels is None:
@@ -51,7 +55,7 @@ def build(config: Any, method: "str | Method" = "none", *, num_labels: Optional[
         raise ValueError("pooling='mean' needs a new head (pretrained_head=False): the "
                          "checkpoint's head was trained on the first token")
     return RobertaModel(cfg, method, num_labels=num_labels, pretrained_head=pretrained_head,
-                        pooling=pooling, dtype=dtype)
+                        pooling=pooling, dtype=dtype, remat=remat)
 
 
 def dummy_batch(model, batch_size: int = 1, length: int = 8) -> dict[str, np.ndarray]:

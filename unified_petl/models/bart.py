@@ -22,6 +22,7 @@ from unified_petl.delta.variables import delta_param, frozen_param, normal, zero
 from unified_petl.models.config import ArchConfig, activation_fn
 from unified_petl.models.layers import (Attention, Dense, Embed, LayerNorm, causal_bias,
                                         padding_bias)
+from unified_petl.models.remat import remat_layer
 
 POSITION_OFFSET = 2  # BartLearnedPositionalEmbedding
 
@@ -106,13 +107,17 @@ class Layer(nn.Module):
 
 
 class Stack(nn.Module):
-    """Embeddings + layers of the encoder (cross=False) or the decoder (cross=True)."""
+    """Embeddings + layers of the encoder (cross=False) or the decoder (cross=True).
+
+    remat: the rematerialisation policy of each layer (unified_petl.models.remat; not
+    applied when decoding with a cache)."""
 
     cfg: ArchConfig
     method: Method
     cross: bool = False
     decode: bool = False
     dtype: jnp.dtype = jnp.float32
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, tokens_embedded, positions, mask, enc=None, enc_mask=None,
@@ -145,9 +150,11 @@ class Stack(nn.Module):
             enc_bias = padding_bias(enc_mask)
         else:
             self_bias, enc_bias = padding_bias(mask), None
+        # deterministic is argument 6 of Layer.__call__ (self = 0): static under remat
+        layer_cls = remat_layer(Layer, "none" if self.decode else self.remat, 6)
         for i in range(n_layers):
             layer_prefixes = {site: p[i] for site, p in prefixes.items()}
-            h = Layer(cfg, method, self.cross, self.decode, self.dtype, name=f"layers_{i}")(
+            h = layer_cls(cfg, method, self.cross, self.decode, self.dtype, name=f"layers_{i}")(
                 h, self_bias, enc, enc_bias, layer_prefixes, deterministic)
         if cfg.pre_ln:
             h = LayerNorm(cfg.layer_norm_eps, method, name="layer_norm")(h)
@@ -166,24 +173,30 @@ class BartForConditionalGeneration(nn.Module):
     first call's decoder_input_ids) and the cross-attention K/V (computed from `enc` on the
     first call; later calls pass enc=None). Prefixes are not cached. Pass `positions` on every
     call after the first (the default, arange(T), is right only for the first).
+
+    remat: rematerialisation policy of every layer (unified_petl.models.remat.POLICIES).
     """
 
     cfg: ArchConfig
     method: Method = Method()
     decode: bool = False
     dtype: jnp.dtype = jnp.float32
+    remat: str = "none"
 
     def setup(self):
         cfg = self.cfg
         self.shared = Embed(cfg.vocab_size, cfg.d_model, self.method, name="shared")
-        self.encoder = Stack(cfg, self.method, False, False, self.dtype, name="encoder")
-        self.decoder = Stack(cfg, self.method, True, self.decode, self.dtype, name="decoder")
+        self.encoder = Stack(cfg, self.method, False, False, self.dtype, self.remat,
+                             name="encoder")
+        self.decoder = Stack(cfg, self.method, True, self.decode, self.dtype, self.remat,
+                             name="decoder")
         self.embed_scale = cfg.d_model ** 0.5 if cfg.scale_embedding else 1.0
         self.final_logits_bias = frozen_param(self, "final_logits_bias", zeros,
                                               (cfg.vocab_size,), self.method.masked_patterns)
 
     def _embed(self, ids):
-        return (self.shared(ids) * self.embed_scale).astype(self.dtype)
+        # scaled in fp32 whatever the table's storage dtype (bf16 frozen weights)
+        return (self.shared(ids).astype(jnp.float32) * self.embed_scale).astype(self.dtype)
 
     def encode(self, input_ids, attention_mask, deterministic=True):
         """-> encoder output [B, S(+l prompt), d], its mask [B, S(+l)]."""

@@ -27,6 +27,7 @@ from unified_petl.delta.spec import Method
 from unified_petl.delta.variables import normal, zeros
 from unified_petl.models.config import ArchConfig, activation_fn
 from unified_petl.models.layers import Attention, Dense, Embed, LayerNorm, padding_bias
+from unified_petl.models.remat import remat_layer
 
 BERT_NAMES = ("query", "key", "value", "out")
 
@@ -96,6 +97,7 @@ class RobertaModel(nn.Module):
     pooling: what the head reads: "cls" (the first token, as transformers' heads) or "mean"
     (the mean over real tokens, as sentence-transformers trains its encoders; BERT's
     CLS pooler is then skipped and the head is one new linear layer).
+    remat: rematerialisation policy of every layer (unified_petl.models.remat.POLICIES).
     """
 
     cfg: ArchConfig
@@ -104,6 +106,7 @@ class RobertaModel(nn.Module):
     pretrained_head: bool = False
     pooling: str = "cls"
     dtype: jnp.dtype = jnp.float32
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True):
@@ -116,8 +119,10 @@ class RobertaModel(nn.Module):
         if method.prefix is not None:
             prefixes = PrefixSet(method.prefix, cfg.encoder_layers, cfg.d_model,
                                  name="prefix_encoder")()
+        # deterministic is argument 4 of EncoderLayer.__call__ (self = 0): static under remat
+        layer_cls = remat_layer(EncoderLayer, self.remat, 4)
         for i in range(cfg.encoder_layers):
-            h = EncoderLayer(cfg, method, self.dtype, name=f"encoder_layer_{i}")(
+            h = layer_cls(cfg, method, self.dtype, name=f"encoder_layer_{i}")(
                 h, bias, None if prefixes is None else prefixes[i], deterministic)
         logits = self._head(h, attention_mask, deterministic) if self.num_labels else None
         return EncoderOutput(logits=logits, last_hidden_state=h)
@@ -131,11 +136,14 @@ class RobertaModel(nn.Module):
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         else:
             position_ids = roberta_position_ids(input_ids, cfg.pad_token_id)
-        h = words(input_ids) + positions(position_ids)
+        # fp32 sums whatever the tables' storage dtype (bf16 frozen weights, frozen_dtype)
+        f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
+        h = f32(words(input_ids)) + f32(positions(position_ids))
         if cfg.type_vocab_size:
             types = Embed(cfg.type_vocab_size, cfg.d_model, method,
                           name="embeddings_token_type_embeddings")
-            h = h + types(jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
+            h = h + f32(types(jnp.zeros_like(input_ids) if token_type_ids is None
+                              else token_type_ids))
         h = LayerNorm(cfg.layer_norm_eps, method, name="embeddings_LayerNorm")(h)
         return nn.Dropout(cfg.dropout)(h, deterministic=deterministic).astype(self.dtype)
 

@@ -15,6 +15,18 @@ trainer reads with its default. Top-level keys every training config has:
   log_every, eval_every, checkpoint_every, keep_checkpoints (>= 1)
   label_smoothing ε of (1-ε)·NLL + ε·mean_vocab(-log p)
   dtype           compute dtype: float32 | bfloat16 (Δh and optimiser state stay fp32)
+  frozen_dtype    how the frozen weights are stored on the devices: float32 | bfloat16 (half
+                  the bytes; Δh and optimiser state stay fp32, the model upcasts where it
+                  computes in fp32, LayerNorm math stays fp32, the base fingerprint is the
+                  fp32 checkpoint's). Refused with method 'full', whose weights are trained
+                  (fp32 master weights)
+  remat           rematerialisation of each layer: none | full | nothing_saveable |
+                  dots_saveable | dots_with_no_batch_dims_saveable (a jax.checkpoint policy,
+                  unified_petl.models.remat); same losses and gradients, less activation
+                  memory, about one more forward pass of compute
+  mesh            fsdp: devices that split the weights (an `fsdp` mesh axis; 1 = all data
+                  parallel; it must divide the device count); fsdp_min_size: leaves with
+                  fewer elements stay replicated (unified_petl.train.sharding)
   optim           lr, warmup_steps | warmup_ratio, end_lr, b1, b2, eps, weight_decay,
                   max_grad_norm (unified_petl.train.optim)
   data            train_files / eval_files / test_files (local .json/.jsonl/.csv/.parquet of
@@ -104,6 +116,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2
     c.label_smoothing = 0.0
     c.dtype = "float32"
+    c.frozen_dtype = "float32"
+    c.remat = "none"
+    c.mesh = ml_collections.ConfigDict(dict(fsdp=1, fsdp_min_size=2 ** 16))
     c.optim = ml_collections.ConfigDict(dict(
         lr=1e-4, warmup_steps=0, warmup_ratio=0.0, end_lr=0.0, b1=0.9, b2=0.999, eps=1e-8,
         weight_decay=0.0, max_grad_norm=1.0))
@@ -237,7 +252,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config lacks key(s) {missing}; start from "
                           "unified_petl.train.config.base_config()")
     defaults = base_config()
-    for group in ("optim", "data", "model", "generate", "eval"):
+    for group in ("optim", "data", "model", "generate", "eval", "mesh"):
         if group in config:
             unknown = sorted(set(config[group].keys()) - set(defaults[group].keys()))
             if unknown:
@@ -262,6 +277,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                           f"batch_size={config.batch_size}")
     if config.get("dtype", "float32") not in ("float32", "bfloat16"):
         raise ConfigError(f"dtype={config.dtype!r}: use float32 or bfloat16")
+    if config.get("frozen_dtype", "float32") not in ("float32", "bfloat16"):
+        raise ConfigError(f"frozen_dtype={config.frozen_dtype!r}: use float32 or bfloat16")
+    from unified_petl.models.remat import POLICIES
+
+    if config.get("remat", "none") not in POLICIES:
+        raise ConfigError(f"remat={config.remat!r}: use one of {', '.join(POLICIES)}")
+    mesh = config.get("mesh", {})
+    if int(mesh.get("fsdp", 1)) < 1:
+        raise ConfigError(f"mesh.fsdp={mesh.fsdp} must be >= 1 (1 = all data parallel)")
+    if int(mesh.get("fsdp_min_size", 0)) < 0:
+        raise ConfigError(f"mesh.fsdp_min_size={mesh.fsdp_min_size} must be >= 0")
     if int(config.get("max_tokens", 0)) < 0:
         raise ConfigError(f"max_tokens={config.max_tokens} must be >= 0 (0: batch_size rows)")
     tokenize = config.get("eval", {}).get("bleu_tokenize", "13a")
@@ -350,10 +376,13 @@ def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
 # not what it computes. Any other difference from the checkpoint's config changes the run
 # (the Δh, the schedule, the data, the evaluations that select the best Δh) and is refused.
 # `base` and `method` are compared by what they mean (fingerprint, Method spec) elsewhere.
+# Device layout (num_devices, mesh.*) and remat change where and how often values are
+# computed, not the values (up to float reduction order, ~1e-7): resumable too.
 RESUMABLE_CHANGES = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
                      "progress", "save_delta", "distributed", "num_devices",
-                     "data.eval_batch_size", "data.buckets", "coordinator_address",
-                     "num_processes", "process_id", "local_device_ids")
+                     "data.eval_batch_size", "data.buckets", "mesh.fsdp", "mesh.fsdp_min_size",
+                     "remat", "coordinator_address", "num_processes", "process_id",
+                     "local_device_ids")
 # How this process joins a multi-process job: they differ between the processes of one run
 # and between one job and its requeued successor, so config.json and the checkpoints hold
 # their defaults (see `run_record`); eval / predict take them from the command line again.

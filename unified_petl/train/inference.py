@@ -37,8 +37,9 @@ from unified_petl.train.checkpoint import (Checkpointer, check_fingerprint, chec
                                            load_delta)
 from unified_petl.train.config import ConfigError, check_config, with_defaults
 from unified_petl.train.setup import build_run, decoder_start, encode_split
-from unified_petl.train.step import (gather, global_batch, init_state, make_eval_step, replicate,
-                                     split_trainable, variables)
+from unified_petl.train.sharding import place, shardings_of, tree_shardings
+from unified_petl.train.step import (gather, global_batch, init_state, make_eval_step,
+                                     place_frozen, split_trainable, variables)
 
 PREDICTIONS = "predictions"  # WORKDIR/predictions/: the JSONL files of eval and predict
 
@@ -91,6 +92,22 @@ def restore(config, workdir: str, run, mesh, *, best: bool):
         return run, state.trainable, frozen, int(meta["step"])
     finally:
         ckpt.close()
+
+
+def place_as_trained(config, trainable, frozen, mesh):
+    """(trainable, frozen) on the mesh as the trainer placed them: the FSDP rule of
+    mesh.fsdp / mesh.fsdp_min_size, the base weights stored as config.frozen_dtype, so that
+    evaluation computes what the training-time evaluations computed."""
+    min_size = int(config.mesh.fsdp_min_size)
+    dtype = None if config.frozen_dtype == "float32" else config.frozen_dtype
+    return (place(trainable, tree_shardings(trainable, mesh, min_size)),
+            place_frozen(frozen, mesh, min_size=min_size, dtype=dtype))
+
+
+def eval_step_for(run, trainable, frozen, mesh):
+    """The eval step for placed (trainable, frozen) trees."""
+    return make_eval_step(run.model, mesh, trainable_sharding=shardings_of(trainable),
+                          frozen_sharding=shardings_of(frozen))
 
 
 # ----------------------------------------------------------------------------- data
@@ -235,9 +252,9 @@ def evaluate(config, workdir: str, *, base=None, best: bool = False,
         config = split_config(config, split, limit)
     encoded = encode_split(run, config, split)
     decode = run.task.kind == "seq2seq" and (whole or bool(config.eval.generate))
-    metrics, outputs = score(make_eval_step(run.model, mesh), replicate(trainable, mesh),
-                             replicate(frozen, mesh), encoded, run, config, mesh,
-                             decode=decode)
+    trainable, frozen = place_as_trained(config, trainable, frozen, mesh)
+    metrics, outputs = score(eval_step_for(run, trainable, frozen, mesh), trainable, frozen,
+                             encoded, run, config, mesh, decode=decode)
     tag = "best" if best else "latest"
     name = ("eval_best_results" if best else "eval_results") + (f"_{split}" if whole else "")
     results = {"step": step, "split": split, "selected": best, "examples": len(encoded),
@@ -288,12 +305,13 @@ def predict(config, workdir: str, *, base=None, best: bool = False,
     mesh = _setup_devices(config)
     run = build_run(config, base)
     run, trainable, frozen, step = restore(config, workdir, run, mesh, best=best)
-    trainable, frozen = replicate(trainable, mesh), replicate(frozen, mesh)
+    trainable, frozen = place_as_trained(config, trainable, frozen, mesh)
     results = {"step": step, "selected": best}
     if input_file is None:
         encoded = encode_split(run, config, split)
-        metrics, outputs = score(make_eval_step(run.model, mesh), trainable, frozen, encoded,
-                                 run, config, mesh, decode=run.task.kind == "seq2seq")
+        metrics, outputs = score(eval_step_for(run, trainable, frozen, mesh), trainable,
+                                 frozen, encoded, run, config, mesh,
+                                 decode=run.task.kind == "seq2seq")
         records = (_records(run, split_rows(run, config, split), encoded, outputs)
                    if jax.process_index() == 0 else [])
         results.update(split=split, eval=metrics)

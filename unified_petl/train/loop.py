@@ -33,12 +33,13 @@ from unified_petl.train import selection, storage
 from unified_petl.train.checkpoint import (Checkpointer, CheckpointMismatch, barrier,
                                            check_fingerprint, check_method, delta_file_problem,
                                            save_delta)
-from unified_petl.train.config import (RESUMABLE_CHANGES, check_config, resume_changes,
-                                       run_record, with_defaults)
+from unified_petl.train.config import (RESUMABLE_CHANGES, ConfigError, check_config,
+                                       resume_changes, run_record, with_defaults)
 from unified_petl.train.setup import build_run, decoder_start, encode_split
-from unified_petl.train.step import (global_batch, init_state, make_eval_step,
-                                     make_mesh, make_train_step, replicate, split_trainable,
-                                     variables)
+from unified_petl.train.sharding import host_tree, shardings_of
+from unified_petl.train.step import (frozen_dtype_problem, global_batch, init_state,
+                                     make_eval_step, make_mesh, make_train_step, place_frozen,
+                                     split_trainable, state_shardings, variables)
 from unified_petl.train.writer import MetricWriter, Preemption, warn
 
 
@@ -51,7 +52,8 @@ def _setup_devices(config):
     (jax.distributed.initialize with the config's launch keys) and logs one startup line."""
     if config.distributed:
         _initialize_distributed(config)
-    mesh = make_mesh(int(config.num_devices) or None)
+    mesh = make_mesh(int(config.num_devices) or None,
+                     fsdp=int(config.get("mesh", {}).get("fsdp", 1)))
     if config.distributed:
         startup_line(mesh)
     rows = config.batch_size // config.grad_accum
@@ -157,8 +159,14 @@ def train(config, workdir: str, *, base=None,
     delta = init_delta(model, jax.random.key(config.seed), params=run.params)
     trainable, frozen = split_trainable(full, run.params, delta,
                                         train_head=model.method.train_head)
-    state = init_state(trainable, optimizer, config.seed, mesh)
-    frozen = replicate(frozen, mesh)
+    problem = frozen_dtype_problem(full, config.frozen_dtype)
+    if problem:
+        raise ConfigError(problem)
+    # by the FSDP rule (unified_petl.train.sharding): replicated when mesh.fsdp = 1
+    min_size = int(config.mesh.fsdp_min_size)
+    state = init_state(trainable, optimizer, config.seed, mesh, min_size=min_size)
+    frozen = place_frozen(frozen, mesh, min_size=min_size,
+                          dtype=None if config.frozen_dtype == "float32" else config.frozen_dtype)
     trained = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.trainable))
     if trained == 0:
         raise ValueError(f"method {model.method.name!r} has no trainable Δh on this model; "
@@ -201,10 +209,13 @@ def train(config, workdir: str, *, base=None,
             storage.write_text(storage.join(workdir, "config.json"), recorded.to_json(indent=2))
 
         stream = _train_stream(train_data, run, config, mesh, position)
+        layout = state_shardings(state)  # restored states keep the template's shardings
         train_step = make_train_step(model, optimizer, mesh, schedule=schedule,
                                      grad_accum=config.grad_accum,
-                                     label_smoothing=config.label_smoothing)
-        eval_step = make_eval_step(model, mesh)
+                                     label_smoothing=config.label_smoothing,
+                                     state_sharding=layout, frozen_sharding=shardings_of(frozen))
+        eval_step = make_eval_step(model, mesh, trainable_sharding=layout.trainable,
+                                   frozen_sharding=shardings_of(frozen))
 
         def run_eval():
             return _evaluate(eval_step, state.trainable, frozen, eval_data, run, config, mesh)
@@ -217,7 +228,8 @@ def train(config, workdir: str, *, base=None,
         def save_trained_delta(path):
             # full: {params, delta}; otherwise the whole delta collection (a frozen head too)
             tree = state.trainable if full else variables(full, state.trainable, frozen)["delta"]
-            save_delta(path, model, tree, run.base, step=int(state.step))
+            # host_tree: whole arrays from this host's shards (process 0 alone calls this)
+            save_delta(path, model, host_tree(tree), run.base, step=int(state.step))
 
         best = selection.Selection(workdir, selection_metric,
                                    save_trained_delta if config.save_delta else None,

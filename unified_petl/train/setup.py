@@ -65,7 +65,8 @@ def build_run(config, base: Optional[Base] = None) -> Run:
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
     model = build(overridden(base.config, config.get("base_overrides")), config.method,
                   num_labels=num_labels, pretrained_head=bool(config.model.pretrained_head),
-                  pooling=str(config.model.pooling), dtype=dtype)
+                  pooling=str(config.model.pooling), dtype=dtype,
+                  remat=str(config.get("remat", "none")))
     if task.kind == "seq2seq" and not model.cfg.seq2seq:
         raise ValueError(f"task {task.name!r} is seq2seq but base {config.base} is an "
                          "encoder-only model; use a BART/mBART base")

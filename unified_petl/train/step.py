@@ -1,8 +1,12 @@
-"""The jitted, data-parallel train and eval steps.
+"""The jitted, sharded train and eval steps.
 
-One `jax.jit` over a `Mesh` with a `data` axis (DESIGN.md decision 4): the batch is sharded
-on `data`; Δh, the optimiser state and the frozen weights are replicated; XLA inserts the
-gradient all-reduce. The frozen weights are an argument of the step, never closed over (a
+One `jax.jit` over a `Mesh` with axes `data` x `fsdp` (DESIGN.md decision 4): the batch is
+split over both axes (every device gets its own rows); the frozen weights, the trainable tree
+and the optimiser state follow the FSDP rule of unified_petl.train.sharding (split over
+`fsdp` on their largest divisible dimension, small leaves replicated; with mesh.fsdp = 1,
+the default, everything is replicated: plain data parallelism). XLA inserts the gradient
+all-reduce and, under FSDP, each weight's all-gather and its gradient's reduce-scatter, from
+the in/out shardings alone. The frozen weights are an argument of the step, never closed over (a
 closed-over 400M-parameter tree would be baked into the program as constants), and the
 gradient is taken with respect to the trainable tree only, so no gradient or optimiser state
 ever exists for a frozen weight.
@@ -32,6 +36,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from unified_petl.train.sharding import (BATCH_AXES, MIN_SIZE, cast_floating, place,
+                                         tree_shardings)
+
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "decoder_input_ids",
               "decoder_attention_mask")
 
@@ -47,14 +54,33 @@ class TrainState:
 
 
 # ----------------------------------------------------------------------------- devices
-def make_mesh(num_devices: Optional[int] = None, devices: Optional[Sequence] = None) -> Mesh:
-    """A 1-D mesh with axis `data` over all devices of all hosts (or the first num_devices)."""
+def make_mesh(num_devices: Optional[int] = None, devices: Optional[Sequence] = None,
+              fsdp: int = 1) -> Mesh:
+    """A `data` x `fsdp` mesh over all devices of all hosts (or the first num_devices).
+
+    fsdp: devices that split the weights between them (sharding.fsdp_spec); it must divide
+    the device count, and in a multi-process run the devices of one host, so that each fsdp
+    group is one host's consecutive devices (a host then holds whole weights between its
+    devices, and the fast links carry the gathers). fsdp = 1: all data parallel.
+    """
     devices = list(jax.devices() if devices is None else devices)
     if num_devices:
         if num_devices > len(devices):
             raise ValueError(f"num_devices={num_devices} but only {len(devices)} devices exist")
         devices = devices[:num_devices]
-    return Mesh(np.array(devices), ("data",))
+    fsdp = int(fsdp)
+    if fsdp < 1 or len(devices) % fsdp:
+        raise ValueError(f"mesh.fsdp={fsdp} must be >= 1 and divide the {len(devices)} devices; "
+                         f"use one of {_divisors(len(devices))} (1 = all data parallel)")
+    local = jax.local_device_count()
+    if fsdp > 1 and jax.process_count() > 1 and local % fsdp:
+        raise ValueError(f"mesh.fsdp={fsdp} must divide the {local} devices of one host in a "
+                         f"multi-process run; use one of {_divisors(local)}")
+    return Mesh(np.array(devices).reshape(len(devices) // fsdp, fsdp), ("data", "fsdp"))
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -62,18 +88,41 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def data_sharded(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P("data"))
+    """Rows [B, ...] split over every device of the mesh (both axes)."""
+    return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Copies of `tree` on every device of the mesh. Never aliases the input: the train step
     donates the state, which must not delete the caller's arrays (base.params for full FT)."""
-    sharding = replicated(mesh)
-    return jax.tree.map(lambda x: jax.device_put(jnp.array(x, copy=True), sharding), tree)
+    return place(tree, replicated(mesh))
+
+
+def frozen_dtype_problem(full: bool, frozen_dtype: str) -> Optional[str]:
+    """Why `frozen_dtype` cannot be used with this method (full fine-tuning), or None."""
+    if full and frozen_dtype != "float32":
+        return (f"frozen_dtype={frozen_dtype} stores frozen weights, but method 'full' trains "
+                "every weight and keeps fp32 master weights; use frozen_dtype=float32 "
+                "(dtype=bfloat16 for bf16 compute)")
+    return None
+
+
+def place_frozen(frozen: Any, mesh: Mesh, *, dtype=None, min_size: int = MIN_SIZE) -> Any:
+    """The frozen tree ({"params", "delta"} or {}) on the mesh by the FSDP rule, the base
+    weights (frozen["params"]) stored as `dtype` (None: as they are).
+
+    bf16 storage halves the frozen bytes; the model upcasts where it computes in fp32 and
+    LayerNorm keeps fp32 math. A frozen task head (frozen["delta"], train_head=False) stays
+    fp32: it is written to Δh files with the trained Δh. The base's fingerprint is taken
+    from the fp32 weights (Base.fingerprint), never from this copy."""
+    if dtype is not None and frozen:
+        frozen = {**frozen, "params": cast_floating(frozen["params"], jnp.dtype(dtype))}
+    return place(frozen, tree_shardings(frozen, mesh, min_size))
 
 
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """This host's rows [B / process_count, ...] -> global arrays [B, ...] sharded on `data`."""
+    """This host's rows [B / process_count, ...] -> global arrays [B, ...] split over every
+    device (data x fsdp)."""
     sharding = data_sharded(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
             for k, v in local.items()}
@@ -106,13 +155,22 @@ def variables(full: bool, trainable: Any, frozen: Any) -> dict[str, Any]:
 
 
 def init_state(trainable: Any, optimizer: optax.GradientTransformation, seed: int,
-               mesh: Mesh) -> TrainState:
-    """A replicated step-0 state. The dropout stream is independent of the Δh init stream."""
-    trainable = replicate(trainable, mesh)
-    opt_state = jax.jit(optimizer.init, out_shardings=replicated(mesh))(trainable)
+               mesh: Mesh, *, min_size: int = MIN_SIZE) -> TrainState:
+    """The step-0 state on the mesh: trainable tree and optimiser state by the FSDP rule
+    (replicated when mesh.fsdp = 1), step and RNG replicated. The dropout stream is
+    independent of the Δh init stream."""
+    trainable = place(trainable, tree_shardings(trainable, mesh, min_size))
+    opt_shapes = jax.eval_shape(optimizer.init, trainable)
+    opt_state = jax.jit(optimizer.init, out_shardings=tree_shardings(opt_shapes, mesh, min_size)
+                        )(trainable)
     rng = jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1))
     return TrainState(step=replicate(jnp.zeros((), jnp.int32), mesh), trainable=trainable,
                       opt_state=opt_state, rng=replicate(rng, mesh))
+
+
+def state_shardings(state: TrainState) -> TrainState:
+    """The shardings of a placed state (what the train step takes and gives back)."""
+    return jax.tree.map(lambda x: x.sharding, state)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -166,10 +224,15 @@ def make_grad_fn(model, *, full: bool, label_smoothing: float = 0.0):
 # ----------------------------------------------------------------------------- train step
 def make_train_step(model, optimizer: optax.GradientTransformation, mesh: Mesh, *,
                     schedule: Optional[Callable] = None, grad_accum: int = 1,
-                    label_smoothing: float = 0.0) -> Callable:
+                    label_smoothing: float = 0.0, state_sharding: Any = None,
+                    frozen_sharding: Any = None) -> Callable:
     """A jitted step(state, frozen, batch) -> (state, metrics).
 
-    batch: global arrays (see `global_batch`), B rows sharded on `data`; with grad_accum = A
+    state_sharding / frozen_sharding: where the state and the frozen tree live (a tree of
+    shardings, e.g. `state_shardings(state)` and `sharding.shardings_of(frozen)`, or one
+    sharding for every leaf); None: replicated. The new state comes back with the same
+    shardings, so the next call neither moves nor recompiles.
+    batch: global arrays (see `global_batch`), B rows split over every device; with grad_accum = A
     the B rows are split into A microbatches of B / A rows (each still spread over every
     device) whose gradients are summed in a lax.scan before one optimiser update.
     The state argument is donated: its buffers are reused for the new state.
@@ -179,7 +242,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, mesh: Mesh, 
     full = bool(model.method.full)
     seq2seq = model.cfg.seq2seq
     grad_fn = make_grad_fn(model, full=full, label_smoothing=label_smoothing)
-    micro_sharding = NamedSharding(mesh, P(None, "data"))
+    micro_sharding = NamedSharding(mesh, P(None, BATCH_AXES))
 
     def step(state: TrainState, frozen: Any, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -220,17 +283,22 @@ def make_train_step(model, optimizer: optax.GradientTransformation, mesh: Mesh, 
                              opt_state=opt_state), metrics
 
     repl, data = replicated(mesh), data_sharded(mesh)
-    return jax.jit(step, in_shardings=(repl, repl, data), out_shardings=(repl, repl),
-                   donate_argnums=(0,))
+    state_sharding = repl if state_sharding is None else state_sharding
+    frozen_sharding = repl if frozen_sharding is None else frozen_sharding
+    return jax.jit(step, in_shardings=(state_sharding, frozen_sharding, data),
+                   out_shardings=(state_sharding, repl), donate_argnums=(0,))
 
 
 # ----------------------------------------------------------------------------- eval step
-def make_eval_step(model, mesh: Mesh) -> Callable:
+def make_eval_step(model, mesh: Mesh, *, trainable_sharding: Any = None,
+                   frozen_sharding: Any = None) -> Callable:
     """A jitted eval(trainable, frozen, batch) -> outputs, no dropout.
+
+    trainable_sharding / frozen_sharding: as make_train_step's (None: replicated).
 
     outputs: nll_sum = Σ w·NLL, uniform_sum = Σ w·mean_vocab(-log p), weight = Σ w
     (replicated scalars; w from `token_weights`) and, for classification, pred / labels /
-    weight_rows int32|float32 [B] sharded on `data` (gather with `gather`).
+    weight_rows int32|float32 [B] split like the batch (gather with `gather`).
     The label-smoothed eval loss of any ε is ((1-ε)·nll_sum + ε·uniform_sum) / weight summed
     over the eval set: the reference code selects en-ro checkpoints on it (its
     Seq2SeqTrainer.prediction_step applies the LabelSmoother to the eval batches,
@@ -255,7 +323,9 @@ def make_eval_step(model, mesh: Mesh) -> Callable:
     out_shardings = {"nll_sum": repl, "uniform_sum": repl, "weight": repl}
     if not seq2seq:
         out_shardings.update(pred=data, labels=data, weight_rows=data)
-    return jax.jit(evaluate, in_shardings=(repl, repl, data), out_shardings=out_shardings)
+    in_shardings = (repl if trainable_sharding is None else trainable_sharding,
+                    repl if frozen_sharding is None else frozen_sharding, data)
+    return jax.jit(evaluate, in_shardings=in_shardings, out_shardings=out_shardings)
 
 
 def gather(x: jax.Array) -> np.ndarray:
