@@ -18,13 +18,16 @@ import dataclasses
 import re
 from typing import Any, Optional
 
-FORMS = ("prefix", "adapter", "lora", "prompt", "masked", "full")
+FORMS = ("prefix", "adapter", "lora", "prompt", "masked", "full", "sparse", "diff")
 AT = ("heads", "attn", "ffn", "embed", "params")
 INSERTIONS = ("parallel", "sequential")
 COMPOSITIONS = ("add", "scaled", "gated")
 INITS = ("bert", "lora")
 LAYERNORMS = ("none", "in", "out")
 LORA_TARGETS = ("q", "k", "v", "o", "fc1", "fc2")
+SPARSE_MASKS = ("random", "magnitude", "fisher", "file")  # how a sparse term picks its weights
+CHILD_MASKS = ("fisher", "bernoulli")  # Child-Tuning_D / _F gradient masks of `full`
+SELECTS = ("global", "per_leaf")
 
 
 class SpecError(ValueError):
@@ -51,6 +54,24 @@ class Term:
     pattern: masked: regex over '/'-joined parameter paths (e.g. '.*bias').
     explicit_gate: prefix: compute (1-λ)·Attn + λ·softmax(q P_k^T) P_v term by term instead of
       concatenating P_k, P_v to K, V (the same function, paper eq. 5-7; exposes λ).
+
+    Element-wise sparse Δh (unified_petl.delta.sparse, unified_petl.masks):
+    density: fraction of the candidate weights a sparse / diff term trains (full: the kept
+      fraction p of Child-Tuning's gradient mask).
+    mask: how the weights are chosen: random | magnitude | fisher | file (sparse); fisher
+      (Child-Tuning_D) | bernoulli (Child-Tuning_F) for a `full` term.
+    path: the mask file of mask=file. pattern (also): regex restricting the candidate leaves.
+    select: global (top k over all candidates) or per_leaf (top density of every leaf).
+    head_in_budget: with select=global the new task head is trained inside the budget, k =
+      round(density × (weights + head)) - head (FISH); false: k = round(density × weights),
+      the head on top (this project's usual accounting of a new head).
+    num_examples: N training examples of the Fisher information.
+    counts: the resolved number of trained values per '/'-joined `params` path, ((path, k),
+      ...): static shapes for jit, filled in when the mask is resolved (masks.SparseMask).
+    gate: diff pruning's hard-concrete gates (lower, upper, beta, log_alpha init, structured:
+      1.0 adds one gate per weight tensor); gate_lr: their learning rate; l0: the coefficient
+      of the expected-L0 penalty; steps: stage-1 (gated) steps; lr: stage-2 learning rate
+      (0: the config's optim.lr).
     """
 
     form: str
@@ -68,6 +89,18 @@ class Term:
     targets: tuple[str, ...] = ()
     pattern: str = ""
     explicit_gate: bool = False
+    density: float = 0.0
+    mask: str = ""
+    path: str = ""
+    select: str = "global"
+    head_in_budget: bool = True
+    num_examples: int = 0
+    counts: tuple[tuple[str, int], ...] = ()
+    gate: tuple[float, ...] = ()
+    gate_lr: float = 0.0
+    l0: float = 0.0
+    steps: int = 0
+    lr: float = 0.0
 
     def validate(self) -> None:
         def bad(msg):
@@ -122,26 +155,69 @@ class Term:
         if self.form == "masked":
             if not self.pattern:
                 bad("masked needs pattern=REGEX over parameter paths, e.g. '.*bias'")
+        if self.pattern:
             try:
                 re.compile(self.pattern)
             except re.error as e:
                 bad(f"pattern {self.pattern!r} is not a regex: {e}")
+        if self.form in ("sparse", "diff") or self.mask:
+            self._validate_sparse(bad)
+
+    def _validate_sparse(self, bad) -> None:
+        """The options of sparse, diff (diff pruning) and full with a gradient mask."""
+        if self.at != "params":
+            bad("element-wise sparse terms modify the weights; use at=params")
+        file_mask = self.form == "sparse" and self.mask == "file"
+        if not (0.0 < self.density <= 1.0) and not (file_mask and self.density == 0.0):
+            bad(f"density={self.density} must be in (0, 1], a fraction of the weights "
+                "(0.005 = 0.5%)")
+        masks = {"sparse": SPARSE_MASKS, "full": CHILD_MASKS, "diff": ("",)}.get(self.form)
+        if masks is None:
+            bad(f"mask= is an option of sparse and full terms, not {self.form}")
+        if self.mask not in masks:
+            bad(f"unknown mask criterion {self.mask!r}; use {', '.join(masks)}")
+        if file_mask and not self.path:
+            bad("mask=file needs path=MASK.safetensors (made by `unified-petl mask`)")
+        if self.path and not file_mask:
+            bad("path= names the mask file of mask=file")
+        if self.select not in SELECTS:
+            bad(f"unknown select {self.select!r}; use global or per_leaf")
+        if self.mask == "fisher" and self.num_examples < 1:
+            bad(f"num_examples={self.num_examples} must be >= 1 (Fisher examples)")
+        if any(k < 0 for _, k in self.counts):
+            bad("counts must be >= 0")
+        if self.form == "diff":
+            if len(self.gate) != 5:
+                bad("diff pruning needs gate=(lower, upper, beta, log_alpha_init, structured)")
+            lower, upper, beta = self.gate[:3]
+            if not (lower < 0.0 and upper > 1.0 and beta > 0.0):
+                bad(f"hard-concrete stretch ({lower}, {upper}) must have lower < 0 < 1 < upper "
+                    f"and beta={beta} > 0")
+            if self.steps < 0 or self.gate_lr <= 0.0 or self.l0 < 0.0 or self.lr < 0.0:
+                bad("diff pruning needs steps >= 1 (stage 1), alpha_lr > 0, l0 >= 0, lr >= 0")
 
     def short(self) -> str:
         fields = dataclasses.asdict(self)
         default = dataclasses.asdict(Term(form=self.form, at=self.at))
-        parts = [f"{k}={v}" for k, v in fields.items() if k not in ("form",) and v != default[k]]
+        parts = [f"{k}={v}" for k, v in fields.items()
+                 if k not in ("form", "counts") and v != default[k]]
+        if self.counts:
+            parts.append(f"counts=<{len(self.counts)} leaves>")
         return f"{self.form}({', '.join(['at=' + self.at] + parts)})"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["targets"] = list(self.targets)
+        d["counts"] = [[p, int(k)] for p, k in self.counts]
+        d["gate"] = list(self.gate)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Term":
         d = dict(d)
         d["targets"] = tuple(d.get("targets", ()))
+        d["counts"] = tuple((str(p), int(k)) for p, k in d.get("counts", ()))
+        d["gate"] = tuple(float(g) for g in d.get("gate", ()))
         return cls(**d)
 
 
@@ -190,10 +266,28 @@ class Method:
     def masked_patterns(self) -> tuple[str, ...]:
         return tuple(t.pattern for t in self.of("masked"))
 
+    @property
+    def sparse(self) -> Optional[Term]:
+        """The element-wise sparse term (sparse(...)), if any."""
+        found = self.of("sparse")
+        return found[0] if found else None
+
+    @property
+    def diff(self) -> Optional[Term]:
+        """Diff pruning's gated term (stage 1), if any."""
+        found = self.of("diff")
+        return found[0] if found else None
+
+    @property
+    def grad_mask(self) -> Optional[Term]:
+        """The `full` term of Child-Tuning (a gradient mask inside the optimiser), if any."""
+        found = tuple(t for t in self.of("full") if t.mask)
+        return found[0] if found else None
+
     def validate(self, *, encoder_only: bool = False) -> "Method":
         for t in self.terms:
             t.validate()
-        for form in ("prefix", "prompt", "full"):
+        for form in ("prefix", "prompt", "full", "sparse", "diff"):
             if len(self.of(form)) > 1:
                 raise SpecError(f"method {self.name!r} has more than one {form} term; merge them")
         for target in LORA_TARGETS:
@@ -209,6 +303,9 @@ class Method:
                             "on an encoder-only model use prefix(l=...) instead")
         if self.full and len(self.terms) > 1:
             raise SpecError("full fine-tuning trains every weight; combine no other term with it")
+        if self.diff is not None and len(self.terms) > 1:
+            raise SpecError("diff pruning is a whole method (a gated stage, then a sparse one); "
+                            "combine no other term with it")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -301,6 +398,40 @@ def preset_terms(name: str, kw: dict[str, Any]) -> tuple[Term, ...]:
                           learn_s=bool(take("learn_s", False))),)
     elif name == "mh_pa":
         terms = (_adapter("heads", "parallel", int(take("r", 30)), init=take("init", "bert")),)
+    elif name in ("sparse", "fish"):
+        mask = str(take("mask", "fisher" if name == "fish" else "random"))
+        if name == "fish" and mask != "fisher":
+            raise SpecError("fish is sparse(mask=fisher); use sparse(mask=...) for another mask")
+        terms = (Term(form="sparse", at="params", density=float(take("density", 0.005)),
+                      mask=mask, path=str(take("path", "")), pattern=str(take("pattern", "")),
+                      select=str(take("select", "global")),
+                      head_in_budget=bool(take("head_in_budget", True)),
+                      num_examples=int(take("num_examples", 1024))),)
+    elif name == "child_tuning":
+        mode = str(take("mode", "F")).upper()
+        if mode not in ("D", "F"):
+            raise SpecError(f"child_tuning mode={mode!r}: use D (fixed Fisher mask) or F "
+                            "(a fresh Bernoulli mask every step)")
+        # D masks the encoder/decoder layers only, as the authors' calculate_fisher ('layer'
+        # in the parameter name); F masks every trained weight (ChildTuningOptimizer.py).
+        pattern = str(take("pattern", r".*layers?_\d+/.*" if mode == "D" else ""))
+        terms = (Term(form="full", at="params", mask="fisher" if mode == "D" else "bernoulli",
+                      density=float(take("p", 0.3)), pattern=pattern,
+                      num_examples=int(take("num_examples", 1024)) if mode == "D" else 0),)
+    elif name in ("diff_pruning", "diff_gates"):
+        # diff_pruning: both stages (unified_petl.train.diff_pruning); diff_gates: the gated
+        # stage alone, an ordinary one-stage method (what stage 1 trains).
+        steps = take("steps", None if name == "diff_pruning" else 0)
+        if steps is None:
+            raise SpecError("diff_pruning needs steps=N: the stage-1 (gated) steps; the rest "
+                            "of total_steps trains the fixed sparse mask")
+        gate = (float(take("lower", -1.5)), float(take("upper", 1.5)), float(take("beta", 1.0)),
+                float(take("alpha_init", 5.0)), float(bool(take("structured", False))))
+        terms = (Term(form="diff", at="params", density=float(take("density", 0.005)),
+                      pattern=str(take("pattern", "")), gate=gate,
+                      head_in_budget=bool(take("head_in_budget", True)),
+                      gate_lr=float(take("alpha_lr", 0.1)), l0=float(take("l0", 1.25e-7)),
+                      steps=int(steps), lr=float(take("lr", 0.0))),)
     elif name == "mam":
         terms = (_prefix(take("l", 30), mlp=take("mlp", True), hidden=take("hidden", 800)),
                  _adapter("ffn", "parallel", int(take("r", 512)), s=float(take("s", 4.0)),
@@ -315,7 +446,7 @@ def preset_terms(name: str, kw: dict[str, Any]) -> tuple[Term, ...]:
 
 PRESETS = ("none", "full", "bitfit", "masked", "prompt", "prefix", "prefix_gated",
            "prefix_nogate", "lora", "houlsby", "pfeiffer", "pa", "sa", "scaled_pa", "mh_pa",
-           "mam")
+           "mam", "sparse", "fish", "child_tuning", "diff_pruning", "diff_gates")
 
 _CALL = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$", re.S)
 

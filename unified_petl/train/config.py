@@ -39,6 +39,8 @@ trainer reads with its default. Top-level keys every training config has:
   num_devices     use the first n devices (0 = all)
   progress        show a tqdm progress bar
   save_delta      write WORKDIR/delta.safetensors at the end (save_delta format)
+  delta_init      a save_delta file of the same base and method to start Δh from ('' = the
+                  method's init): a warm start (diff pruning's stage 2 uses it)
 
 Overrides: `--config.optim.lr=1e-4`; the value is parsed to the type of the existing key
 (bool: true/false/1/0; tuples and lists as Python literals). An unknown key or a value of
@@ -105,6 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_devices = 0
     c.progress = True
     c.save_delta = True
+    c.delta_init = ""
     return c
 
 

@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import numpy as np
 
-from unified_petl.build import init_delta
+from unified_petl.train import diff_pruning
 from unified_petl.train import optim as optim_lib
 from unified_petl.train import selection
 from unified_petl.train.checkpoint import (Checkpointer, CheckpointMismatch, check_fingerprint,
@@ -67,6 +67,8 @@ def train(config, workdir: str, *, base=None,
     # ---------------------------------------------------------------- 1. config, devices
     config = with_defaults(config)
     check_config(config)
+    if diff_pruning.is_two_stage(config):  # two runs: the gated stage, then a sparse one
+        return diff_pruning.train(config, workdir, base=base, hooks=hooks)
     mesh = _setup_devices(config)
     process0 = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
@@ -76,17 +78,19 @@ def train(config, workdir: str, *, base=None,
 
     # ---------------------------------------------------------------- 2. base, model, data
     wall_start = time.time()
-    run = build_run(config, base)
+    run = build_run(config, base, workdir=workdir)
     model, full = run.model, run.full
     selection_metric = selection.resolve(run.task, config.eval.selection, _decodes(run, config))
     train_data = encode_split(run, config, "train")
     eval_data = encode_split(run, config, config.data.eval_split)
 
     # ---------------------------------------------------------------- 3. Δh, optimiser
-    optimizer, schedule = optim_lib.make_optimizer(config.optim, config.total_steps)
-    delta = init_delta(model, jax.random.key(config.seed), params=run.params)
+    optimizer, schedule = optim_lib.make_optimizer(config.optim, config.total_steps,
+                                                   method=model.method)
+    delta = run.init_delta(config.seed)
     trainable, frozen = split_trainable(full, run.params, delta,
-                                        train_head=model.method.train_head)
+                                        train_head=model.method.train_head,
+                                        grad_mask=run.grad_mask)
     state = init_state(trainable, optimizer, config.seed, mesh)
     frozen = replicate(frozen, mesh)
     trained = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.trainable))
@@ -237,8 +241,10 @@ def evaluate(config, workdir: str, *, base=None, best: bool = False) -> dict:
     best=True of the Δh that model selection kept (WORKDIR/best/delta.safetensors)."""
     config = with_defaults(config)
     check_config(config)
+    if diff_pruning.is_two_stage(config):  # the final (fixed-mask) stage lives in workdir
+        config = diff_pruning.stage2_config(config, workdir)
     mesh = _setup_devices(config)
-    run = build_run(config, base)
+    run = build_run(config, base, workdir=workdir)
     eval_data = encode_split(run, config, config.data.eval_split)
     if best:
         path, record = selection.selected(workdir)
@@ -256,10 +262,12 @@ def evaluate(config, workdir: str, *, base=None, best: bool = False) -> dict:
                                  f"unified-petl train --workdir {workdir}")
             meta = ckpt.read_meta()
             check_fingerprint(meta["fingerprint"], run.base, f"the checkpoint in {workdir}")
-            optimizer, _ = optim_lib.make_optimizer(config.optim, config.total_steps)
-            delta = init_delta(run.model, jax.random.key(config.seed), params=run.params)
+            optimizer, _ = optim_lib.make_optimizer(config.optim, config.total_steps,
+                                                    method=run.model.method)
+            delta = run.init_delta(config.seed)
             trainable, frozen = split_trainable(run.full, run.params, delta,
-                                                train_head=run.model.method.train_head)
+                                                train_head=run.model.method.train_head,
+                                                grad_mask=run.grad_mask)
             state, meta = ckpt.restore(init_state(trainable, optimizer, config.seed, mesh))
             trainable, step = state.trainable, int(meta["step"])
         finally:
