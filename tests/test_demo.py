@@ -45,9 +45,9 @@ def test_petl_budget_is_under_two_percent(name):
 
 def test_table_format():
     rows = [{"name": "mam", "method": "mam(l=16, r=16, s=2, mlp=False)", "percent": 0.66,
-             "accuracy": 0.923, "seconds": 61.0}]
+             "accuracy": 92.3, "seconds": 61.0}]
     table = demo.format_table(rows)
-    assert "held-out acc" in table and "0.923" in table and "0.66%" in table
+    assert "held-out acc" in table and "92.3%" in table and "0.66%" in table
 
 
 def test_workers_share_the_methods_and_keep_control_with_mam():
@@ -66,9 +66,11 @@ def test_demo_runs_end_to_end_in_two_workers(tmp_path, capsys):
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith(("lora", "control"))]
     assert [line.split()[0] for line in lines] == ["lora", "control"]
-    for name in ("lora", "control"):
+    for name, line in zip(("lora", "control"), lines):
         with open(tmp_path / name / "results.json") as f:
             results = json.load(f)
+        # one unit everywhere: the table's accuracy is results.json's, a percentage
+        assert f"{results['eval']['accuracy']:.1f}%" in line
         assert results["step"] == 3 and 0.0 <= results["eval"]["accuracy"] <= 100.0
         assert results["random_init"] == (name == "control")
         assert 0 < results["percent_trained"] <= 2.0

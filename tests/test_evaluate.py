@@ -50,10 +50,49 @@ def test_bleu_equals_sacrebleu(tokenize):
         tok = MosesTokenizer(lang="ro")
         preds = [tok.tokenize(p, escape=False, return_str=True) for p in preds]
         refs = [tok.tokenize(r, escape=False, return_str=True) for r in refs]
-    want = sacrebleu.corpus_bleu(preds, [refs], tokenize="none" if tokenize == "moses" else "13a")
+        # the reference's exps/romanian_postprocess.sh, line 27: sacrebleu -tok none -s none
+        want = sacrebleu.corpus_bleu(preds, [refs], tokenize="none", smooth_method="none")
+    else:
+        want = sacrebleu.corpus_bleu(preds, [refs], tokenize="13a")
     got = ev.bleu(RO_PREDS, RO_REFS, target_lang="ro", tokenize=tokenize)
     assert got["bleu"] == pytest.approx(want.score, abs=1e-9)
+    assert (got["sys_len"], got["ref_len"]) == (want.sys_len, want.ref_len)
     assert ev.compute("bleu", RO_PREDS, RO_REFS) == ev.bleu(RO_PREDS, RO_REFS)
+
+
+def test_moses_bleu_is_unsmoothed_as_the_reference():
+    """No 4-gram in common: sacrebleu's default (exp) smoothing gives a score, the
+    reference's `-s none` gives 0. Moses BLEU must be the latter."""
+    from sacremoses import MosesTokenizer
+
+    pred, ref = ["Casa este mare, a spus el."], ["Casa e mare, a zis el."]
+    tok = MosesTokenizer(lang="ro")
+    args = ([tok.tokenize(pred[0], escape=False, return_str=True)],
+            [[tok.tokenize(ref[0], escape=False, return_str=True)]])
+    unsmoothed = sacrebleu.corpus_bleu(*args, tokenize="none", smooth_method="none").score
+    smoothed = sacrebleu.corpus_bleu(*args, tokenize="none").score
+    assert unsmoothed == 0.0 < smoothed
+    assert ev.bleu(pred, ref, tokenize="moses")["bleu"] == unsmoothed
+
+
+def test_bleu_tokenize_is_a_checked_config_key():
+    """eval.bleu_tokenize: '13a' by default, 'moses' in every en-ro paper config (the
+    reference's scoring); anything else is refused with one line."""
+    import glob
+    import os
+
+    from unified_petl.train.config import (ConfigError, base_config, check_config, load_config,
+                                           override, with_defaults)
+
+    assert base_config().eval.bleu_tokenize == "13a"
+    configs = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
+    rows = [p for p in glob.glob(os.path.join(configs, "wmt_en_ro", "*.py"))
+            if not p.endswith("_common.py")]
+    assert rows and all(load_config(p).eval.bleu_tokenize == "moses" for p in rows)
+    config = override(base_config(), ["eval.bleu_tokenize=intl"])
+    config.base, config.task = "some/base", "wmt16_en_ro"
+    with pytest.raises(ConfigError, match="use '13a' .* or 'moses'"):
+        check_config(with_defaults(config))
 
 
 def test_bleu_other_language_is_plain_sacrebleu():

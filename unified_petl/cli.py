@@ -1,8 +1,15 @@
-"""The command line: unified-petl train | eval | count.
+"""The command line: unified-petl train | eval | predict | sweep | report | count.
 
-    unified-petl train --config configs/demo/mam.py --workdir /tmp/mam [--config.optim.lr=1e-3 ...]
-    unified-petl eval  --config configs/demo/mam.py --workdir /tmp/mam
-    unified-petl count --base bart-large --method 'mam(l=30, r=512)' [--json]
+    unified-petl train   --config configs/demo/mam.py --workdir /tmp/mam [--config.optim.lr=1e-3]
+    unified-petl eval    --workdir /tmp/mam [--best] [--split test]  # reads WORKDIR/config.json
+    unified-petl predict --workdir /tmp/mam --best --input inputs.txt [--out preds.jsonl]
+    unified-petl sweep   --config configs/glue/mam.py:sst2 --seeds 42,2,4,6,8 --workdir-root R
+    unified-petl report  R [R2 ...] [--json]
+    unified-petl count   --base bart-large --method 'mam(l=30, r=512)' [--json]
+
+eval and predict read the run's config from WORKDIR/config.json (the trainer writes it) unless
+--config is given; --config.KEY=VALUE overrides apply either way. `eval --split S` scores the
+whole split S with the task's decoding and metric (see unified_petl.train.inference).
 
 Bad input (a config key that does not exist, a value of the wrong type, a data file that
 cannot be read, a Δh of another base) is reported as ONE line on stderr with exit code 2;
@@ -29,20 +36,71 @@ def _fail(message: str, code: int = 2):
     raise SystemExit(code)
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Parameter-efficient transfer learning, the "
                      "unified view (He et al., ICLR 2022) in JAX/Flax.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name, text in (("train", "train a Δh (resumes from the workdir)"),
-                       ("eval", "evaluate the latest checkpoint (or --best: the selected Δh) "
-                                "of a workdir")):
-        p = sub.add_parser(name, help=text, description=text + ". Override any config key "
-                           "with --config.KEY=VALUE (e.g. --config.optim.lr=1e-4).")
-        p.add_argument("--config", required=True, help="config file (path.py or path.py:arg)")
-        p.add_argument("--workdir", required=True, help="checkpoints, metrics, results")
-        if name == "eval":
-            p.add_argument("--best", action="store_true",
-                           help="evaluate the Δh that model selection kept (WORKDIR/best/)")
+    overrides = " Override any config key with --config.KEY=VALUE (e.g. --config.optim.lr=1e-4)."
+
+    text = "train a Δh (resumes from the workdir)"
+    p = sub.add_parser("train", help=text, description=text + "." + overrides)
+    p.add_argument("--config", required=True, help="config file (path.py or path.py:arg)")
+    p.add_argument("--workdir", required=True, help="checkpoints, metrics, results")
+
+    text = ("score the latest checkpoint (or --best: the selected Δh) of a workdir; --split S: "
+            "the whole split S with the task's decoding and metric")
+    p = sub.add_parser("eval", help=text, description=text + ". Scores go to "
+                       "WORKDIR/eval[_best]_results[_SPLIT].json, predictions to "
+                       "WORKDIR/predictions/." + overrides)
+    _run_arguments(p)
+    p.add_argument("--split", default=None,
+                   help="score this whole split (e.g. test), decoded for seq2seq, uncapped "
+                        "(default: the run's own evaluation, config.data.eval_split)")
+    p.add_argument("--max-examples", type=_non_negative, default=None,
+                   help="score only the first N examples (default: the whole --split)")
+
+    text = ("write predictions (JSONL: id, input, output, reference) of the latest checkpoint "
+            "or the selected Δh for a split or a text file")
+    p = sub.add_parser("predict", help=text, description=text + ". Seq2seq decodes with the "
+                       "config's generate settings; classification takes the argmax." + overrides)
+    _run_arguments(p)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--split", default=None,
+                        help="a split of the task (default: config.data.eval_split), whole")
+    source.add_argument("--input", default=None,
+                        help="a UTF-8 text file, one input per line (pairs: first<TAB>second)")
+    p.add_argument("--out", default=None,
+                   help="the JSONL file (default: WORKDIR/predictions/predict_{latest|best}_"
+                        "{split|input name}.jsonl)")
+    p.add_argument("--max-examples", type=_non_negative, default=None,
+                   help="predict only the first N examples")
+
+    text = "train one config with several seeds, one after another (ROOT/seed<N>)"
+    p = sub.add_parser("sweep", help=text, description=text + "; finished seeds are skipped, "
+                       "an interrupted one resumes. Then prints the report." + overrides)
+    p.add_argument("--config", required=True, help="config file (path.py or path.py:arg)")
+    p.add_argument("--seeds", default="42,2,4,6,8",
+                   help="comma-separated seeds (default: the reference's GLUE seeds 42,2,4,6,8)")
+    p.add_argument("--workdir-root", required=True, help="runs go to ROOT/seed<N>")
+
+    text = "mean ± std of each metric per run group (runs equal but for the seed)"
+    p = sub.add_parser("report", help=text, description=text + "; std is the sample std "
+                       "(ddof=1). Markdown, or JSON with --json.")
+    p.add_argument("runs", nargs="+", help="run folders, or folders searched for runs")
+    p.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated column patterns, e.g. 'best/*,best_test/bleu'")
+
     p = sub.add_parser("count", help="parameter budget of a method on a base model",
                        description="Δh parameter counts (trained, stored, paper formula).")
     p.add_argument("--base", required=True,
@@ -52,6 +110,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-labels", type=int, default=0, help="classification head size")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
+
+
+def _run_arguments(p) -> None:
+    """--config (optional: WORKDIR/config.json), --workdir, --best of eval and predict."""
+    p.add_argument("--config", default=None,
+                   help="config file (path.py or path.py:arg); default: WORKDIR/config.json")
+    p.add_argument("--workdir", required=True, help="the training run's workdir")
+    p.add_argument("--best", action="store_true",
+                   help="use the Δh that model selection kept (WORKDIR/best/)")
 
 
 def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -76,11 +143,80 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def _load(args, overrides):
-    from unified_petl.train.config import check_config, load_config, override, with_defaults
+    from unified_petl.train.config import (check_config, load_config, load_workdir_config,
+                                           override, with_defaults)
 
-    config = override(load_config(args.config), overrides)
+    if getattr(args, "config", None):
+        config = load_config(args.config)
+    else:  # eval / predict: the run's own config
+        config = load_workdir_config(args.workdir)
+    config = override(config, overrides)
     check_config(with_defaults(config))
     return config
+
+
+def _eval(args, overrides) -> None:
+    from unified_petl.train.inference import OutputError, evaluate
+
+    if args.split is not None and any(o.startswith("data.max_eval_examples=")
+                                      for o in overrides):
+        _fail("--config.data.max_eval_examples caps the run's own evaluation; with --split "
+              "write --max-examples N")
+    config = _load(args, overrides)
+    try:
+        results = evaluate(config, args.workdir, best=args.best, split=args.split,
+                           max_examples=args.max_examples)
+    except OutputError as e:  # computed but not saved: show the scores, then fail
+        print(json.dumps(e.results["eval"], indent=2), flush=True)
+        _fail(f"{e}; the scores are printed above")
+    print(json.dumps(results["eval"], indent=2))
+    kept = f", predictions in {results['predictions']}" if results["predictions"] else ""
+    print(f"{'selected Δh' if args.best else 'latest checkpoint'} (step {results['step']}): "
+          f"{results['examples']} examples of split {results['split']!r} scored; scores in "
+          f"{results['results']}{kept}", file=sys.stderr)
+
+
+def _predict(args, overrides) -> None:
+    from unified_petl.train.inference import OutputError, predict
+
+    config = _load(args, overrides)
+    try:
+        results = predict(config, args.workdir, best=args.best, split=args.split,
+                          input_file=args.input, out=args.out, max_examples=args.max_examples)
+    except OutputError as e:
+        _fail(str(e))
+    print(json.dumps(results, indent=2))
+
+
+def _sweep(args, overrides) -> None:
+    from unified_petl import report
+    from unified_petl.sweep import parse_seeds, seed_workdir, sweep
+
+    seeds = parse_seeds(args.seeds)
+    if any(o.startswith("seed=") for o in overrides):
+        _fail("--config.seed and --seeds both set the seed; use --seeds")
+    config = _load(args, overrides)
+    result = sweep(config, seeds, args.workdir_root)
+    if result.get("preempted"):  # as train: the run saved a checkpoint; run again to go on
+        print(json.dumps(result, indent=2))
+        return
+    if result["runs"]:
+        table, _ = report.report([seed_workdir(args.workdir_root, s) for s in seeds
+                                  if s in result["runs"]])
+        print(report.to_markdown(table))
+    if result["diverged"]:
+        _fail(f"seed(s) {', '.join(map(str, result['diverged']))} diverged (their messages are "
+              "above); the other seeds finished", code=1)
+
+
+def _report(args, overrides) -> None:
+    from unified_petl import report
+
+    patterns = [p.strip() for p in args.metrics.split(",") if p.strip()] if args.metrics else None
+    table, notes = report.report(args.runs, patterns)
+    for note in notes:
+        print(f"{PROG}: {note}", file=sys.stderr)
+    print(json.dumps(table, indent=2) if args.json else report.to_markdown(table))
 
 
 def _count(args) -> None:
@@ -104,13 +240,18 @@ def quiet_libraries() -> None:
     transformers.logging.set_verbosity_error()
 
 
+# Subcommands that print their own output (train prints its results in main).
+COMMANDS = {"eval": _eval, "predict": _predict, "sweep": _sweep, "report": _report}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     overrides, rest = _split_overrides(argv)
     args = _parser().parse_args(rest)
     quiet_libraries()
-    if overrides and args.command == "count":
-        _fail("--config.* overrides apply to train and eval, not count")
+    if overrides and args.command in ("count", "report"):
+        _fail(f"--config.* overrides apply to train, eval, predict and sweep, not "
+              f"{args.command}")
     debug = os.environ.get("UNIFIED_PETL_DEBUG") == "1"
 
     from unified_petl.delta.spec import SpecError
@@ -123,15 +264,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if args.command == "count":
             _count(args)
             return
+        if args.command in COMMANDS:
+            COMMANDS[args.command](args, overrides)
+            return
         config = _load(args, overrides)
-        if args.command == "train":
-            from unified_petl.train.loop import train
+        from unified_petl.train.loop import train
 
-            results = train(config, args.workdir)
-        else:
-            from unified_petl.train.loop import evaluate
-
-            results = evaluate(config, args.workdir, best=args.best)
+        results = train(config, args.workdir)
         print(json.dumps(results.get("eval", results), indent=2))
     except TrainingDiverged as e:
         if debug:

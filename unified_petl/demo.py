@@ -10,7 +10,8 @@ knowledge already in the pretrained encoder can label the test sentences. "contr
 on a randomly initialised encoder of the same architecture: it stays near chance.
 
 Prints one row per method: % of the base's parameters trained (Δh + the new 2-way head),
-held-out-word accuracy, wall time (load, tokenise, compile, train, evaluate).
+held-out-word accuracy in percent (as results.json and the CLI report it), wall time (load,
+tokenise, compile, train, evaluate).
 
 --jobs N (default 2) runs the methods in N worker processes, each pinned to its share of the
 CPU cores with single-process XLA threading: on a 2-core machine XLA's two threads speed a
@@ -29,8 +30,10 @@ import sys
 import tempfile
 import time
 
+from unified_petl.shipped import config_path
+
 DEFAULT_METHODS = ("mam", "control", "lora", "full")  # control right after mam: cache hits
-CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs", "demo")
+CONFIG_DIR = config_path("demo")  # shipped as package data (unified_petl.shipped)
 
 
 def minilm_path() -> str:
@@ -74,7 +77,7 @@ def run(names, workdir: str, steps: int = 0) -> list[dict]:
         start = time.time()
         results = train(config, os.path.join(workdir, name), base=base)
         rows.append({"name": name, "method": config.method, "percent": results["percent_trained"],
-                     "accuracy": results["eval"]["accuracy"] / 100.0,
+                     "accuracy": results["eval"]["accuracy"],  # percent, as everywhere
                      "seconds": time.time() - start})
     return rows
 
@@ -121,11 +124,12 @@ def run_parallel(names: list[str], workdir: str, jobs: int, steps: int = 0) -> l
 
 
 def format_table(rows: list[dict]) -> str:
+    """One line per row; the % of parameters trained and the accuracy are percentages."""
     lines = [f"{'method':<9}{'spec':<34}{'% params trained':>17}{'held-out acc':>14}"
              f"{'wall time':>11}"]
     for r in rows:
         lines.append(f"{r['name']:<9}{r['method']:<34}{r['percent']:>16.2f}%"
-                     f"{r['accuracy']:>14.3f}{r['seconds']:>10.0f}s")
+                     f"{r['accuracy']:>13.1f}%{r['seconds']:>10.0f}s")
     return "\n".join(lines)
 
 

@@ -12,7 +12,10 @@ removal of the Moses pipeline), cedilla -> comma forms, Romanian diacritics remo
 tokenised BLEU. tokenize="13a" (default) lets sacrebleu tokenise the post-processed text
 with its standard WMT tokeniser, which is reproducible from sacrebleu alone;
 tokenize="moses" runs the Moses tokenizer (sacremoses, lang="ro", no escaping) and scores
-with tokenize="none", the fairseq `ro_post_process` recipe exactly.
+with tokenize="none" and no smoothing, as the reference's exps/romanian_postprocess.sh does
+(line 23: `tokenizer.perl -no-escape -l ro`; line 27: `sacrebleu -tok none -s none`), the
+fairseq `ro_post_process` recipe. Training configs choose with eval.bleu_tokenize (en-ro:
+"moses").
 """
 from __future__ import annotations
 
@@ -112,7 +115,8 @@ def bleu(predictions: Sequence[str], references: Sequence[str], *, target_lang: 
     """Corpus BLEU (sacrebleu), one reference per prediction: {"bleu", "bp", "sys_len", "ref_len"}.
 
     target_lang="ro" applies romanian_postprocess to both sides first; tokenize is
-    sacrebleu's tokenizer name or "moses" (see the module docstring).
+    sacrebleu's tokenizer name or "moses" (see the module docstring; Moses-tokenised text is
+    scored with tokenize="none" and smooth_method="none", as the reference's script).
     """
     import sacrebleu
 
@@ -125,8 +129,9 @@ def bleu(predictions: Sequence[str], references: Sequence[str], *, target_lang: 
         tok = _moses_tokenizer(target_lang)
         preds = [tok.tokenize(p, escape=False, return_str=True) for p in preds]
         refs = [tok.tokenize(r, escape=False, return_str=True) for r in refs]
-        tokenize = "none"
-    score = sacrebleu.corpus_bleu(preds, [refs], tokenize=tokenize)
+        score = sacrebleu.corpus_bleu(preds, [refs], tokenize="none", smooth_method="none")
+    else:
+        score = sacrebleu.corpus_bleu(preds, [refs], tokenize=tokenize)
     return {"bleu": float(score.score), "bp": float(score.bp), "sys_len": float(score.sys_len),
             "ref_len": float(score.ref_len)}
 

@@ -17,6 +17,11 @@ the eval target length (XSum: 60 tokens) exactly as the reference code's were; p
 
 Runs on the default device of this process (the variables replicated or on one device);
 the trainer's sharded eval step computes the loss, this module the generated-text metrics.
+
+Predictions files (JSONL, one object per example: id, input, output, reference) are built
+by `prediction_records` and written by `write_jsonl`; `read_text_inputs` reads a text file
+with one input per line. `unified-petl eval` / `predict` (unified_petl.train.inference)
+use them.
 """
 from __future__ import annotations
 
@@ -112,10 +117,16 @@ def classify(model, variables, encoded, *, batch_size: int = 32,
     return np.concatenate(preds).astype(np.int32) if preds else np.zeros(0, np.int32)
 
 
+def reference_texts(encoded, tokenizer) -> list[str]:
+    """The encoded seq2seq targets decoded back to text (what predict_and_score scores
+    against by default: truncated at the eval target length, as the reference code's)."""
+    return decode_texts(tokenizer, [encoded.target[i] for i in range(len(encoded))])
+
+
 def predict_and_score(model, variables, task, encoded, tokenizer, hf_config=None,
                       gen_settings=None, *, batch_size: int = 16,
                       references: Optional[Sequence[str]] = None,
-                      buckets: Optional[Sequence[int]] = None
+                      buckets: Optional[Sequence[int]] = None, bleu_tokenize: str = "13a"
                       ) -> tuple[dict[str, float], list]:
     """(metrics, predictions) of `model` on an encoded eval split of `task`.
 
@@ -125,10 +136,11 @@ def predict_and_score(model, variables, task, encoded, tokenizer, hf_config=None
       GenerationConfig; see unified_petl.generate). gen_settings: the config's `generate`
       group (num_beams, max_length, min_length, length_penalty, no_repeat_ngram_size,
       early_stopping). references: target texts to score against (default: the encoded
-      targets, decoded).
+      targets, decoded). bleu_tokenize: '13a' or 'moses' (config.eval.bleu_tokenize; see
+      unified_petl.evaluate.bleu), reported back as metrics["bleu_tokenize"].
     Returns the metric dict of unified_petl.evaluate.compute(task.metric, ...) (seq2seq:
-    rouge1/rouge2/rougeLsum or bleu/bp/sys_len/ref_len; classification: accuracy) and the
-    predictions (strings, or class ids).
+    rouge1/rouge2/rougeLsum or bleu/bp/sys_len/ref_len + bleu_tokenize; classification:
+    accuracy, in percent) and the predictions (strings, or class ids).
     """
     from unified_petl import evaluate
 
@@ -143,10 +155,128 @@ def predict_and_score(model, variables, task, encoded, tokenizer, hf_config=None
                            decoder_start=decoder_start_token_id(task, tokenizer),
                            buckets=buckets)
     if references is None:
-        references = decode_texts(tokenizer, [encoded.target[i] for i in range(len(encoded))])
+        references = reference_texts(encoded, tokenizer)
     if len(references) != len(texts):
         raise ValueError(f"{len(references)} references for {len(texts)} examples")
     kwargs = {}
     if task.metric == "bleu":
-        kwargs["target_lang"] = task.target_lang or ""
-    return evaluate.compute(task.metric, texts, list(references), **kwargs), texts
+        kwargs = {"target_lang": task.target_lang or "", "tokenize": bleu_tokenize}
+    scores = evaluate.compute(task.metric, texts, list(references), **kwargs)
+    if task.metric == "bleu":  # which tokenisation produced the score
+        scores["bleu_tokenize"] = bleu_tokenize
+    return scores, texts
+
+
+# ----------------------------------------------------------------------------- records
+# A predictions file (JSONL) has one object per example, in the split's order:
+#   {"id": the dataset's id / idx column, else the row (or, for a text file, line) number,
+#    "input": source text (a [first, second] pair for MNLI),
+#    "output": generated text or predicted class id, "output_label": its name (classification),
+#    "reference": the text or class id scored against (absent when unknown)}
+
+
+def example_ids(dataset) -> list:
+    """The dataset's own ids ("id" column: XSum; "idx": GLUE) or the row numbers."""
+    columns = getattr(dataset, "column_names", None) or (list(dataset[0]) if len(dataset)
+                                                         else [])
+    for name in ("id", "idx"):
+        if name in columns:
+            return [row[name] for row in dataset]
+    return list(range(len(dataset)))
+
+
+def prediction_records(task, inputs: Sequence, outputs: Sequence, ids: Sequence,
+                       references: Optional[Sequence] = None) -> list[dict]:
+    """One JSON-ready dict per example (see above); inputs from `source_inputs`."""
+    if not len(inputs) == len(outputs) == len(ids):
+        raise ValueError(f"{len(inputs)} inputs, {len(outputs)} outputs and {len(ids)} ids; "
+                         "pass one of each per example")
+    names = task.label_names if task.kind == "classification" else ()
+    out = []
+    for i, (key, source, output) in enumerate(zip(ids, inputs, outputs)):
+        record = {"id": key, "input": list(source) if isinstance(source, tuple) else source,
+                  "output": output}
+        if names and 0 <= int(output) < len(names):
+            record["output_label"] = names[int(output)]
+        if references is not None:
+            record["reference"] = references[i]
+        out.append(record)
+    return out
+
+
+def source_inputs(task, dataset) -> list:
+    """The model input of every example as text (a (first, second) pair for MNLI)."""
+    return [task.source_fn(row) for row in dataset]
+
+
+def write_jsonl(path: str, records: Sequence[Mapping]) -> None:
+    """Write records as JSON lines (written to PATH.tmp, then renamed: never half a file)."""
+    import json
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.isfile(tmp):  # a failed write leaves nothing behind
+            os.remove(tmp)
+
+
+def read_text_inputs(path: str, task) -> tuple[list[int], list[dict]]:
+    """(line numbers, examples) of a text file with one input per line, as examples of
+    `task` with placeholder targets (empty text, class 0) that are never scored.
+
+    Text-pair tasks (MNLI) take `premise<TAB>hypothesis`; blank lines are skipped (the
+    line numbers keep predictions aligned with the file).
+    """
+    import os
+
+    if not os.path.isfile(path):
+        raise ValueError(f"input file {path} not found; give a text file with one input "
+                         "per line")
+    with open(path, "rb") as f:
+        raw = f.read().splitlines()
+    pair = task.kind == "classification" and len(_text_columns(task)) == 2
+    lines, examples = [], []
+    for number, line in enumerate(raw, start=1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} line {number} is not UTF-8 text; save the file as "
+                             "UTF-8") from None
+        if not text.strip():
+            continue
+        fields = text.split("\t")
+        if pair and len(fields) != 2:
+            raise ValueError(f"{path} line {number}: task {task.name!r} takes a text pair; "
+                             "write first<TAB>second on each line")
+        if not pair:
+            fields = [text]
+        lines.append(number)
+        examples.append(_example(task, [f.strip() for f in fields]))
+    if not examples:
+        raise ValueError(f"{path} has no input lines; write one input per line")
+    return lines, examples
+
+
+def _text_columns(task) -> list[str]:
+    """The source columns of a task (the target column excluded)."""
+    if task.kind == "classification":
+        return [c for c in task.columns if c != "label"]
+    return list(task.columns[:-1])
+
+
+def _example(task, fields: list[str]) -> dict:
+    if task.name == "wmt16_en_ro":  # nested {"en", "ro"}, as the hub's wmt16
+        return {"translation": {"en": fields[0], "ro": ""}}
+    example = dict(zip(_text_columns(task), fields))
+    if task.kind == "classification":
+        example["label"] = 0
+    else:
+        example[task.columns[-1]] = ""
+    return example

@@ -94,4 +94,5 @@ def row_config(row: str) -> ml_collections.ConfigDict:
                                    early_stopping=False)
     c.eval.selection = "loss_smoothed"
     c.eval.generate = False
+    c.eval.bleu_tokenize = "moses"  # exps/romanian_postprocess.sh: Moses tokens, -tok none
     return override(c, ROW_OVERRIDES.get(row, ()))

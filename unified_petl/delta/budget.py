@@ -31,8 +31,9 @@ from flax import traverse_util
 
 from unified_petl.delta.spec import Method, parse_method
 from unified_petl.models.config import ArchConfig, arch_config
+from unified_petl.shipped import config_path
 
-MODELS_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "models")
+MODELS_DIR = config_path("models")  # shipped as package data (unified_petl.shipped)
 
 
 def shipped_config(name: str):

@@ -17,8 +17,9 @@ trainer reads with its default. Top-level keys every training config has:
   dtype           compute dtype: float32 | bfloat16 (Δh and optimiser state stay fp32)
   optim           lr, warmup_steps | warmup_ratio, end_lr, b1, b2, eps, weight_decay,
                   max_grad_norm (unified_petl.train.optim)
-  data            train_files / eval_files (local .json/.jsonl/.csv/.parquet; '' = the hub or
-                  the generated demo), eval_split, max_source_len / max_target_len (0 = the
+  data            train_files / eval_files / test_files (local .json/.jsonl/.csv/.parquet of
+                  the train split, of eval_split and of the test split; '' = the hub or the
+                  generated demo), eval_split, max_source_len / max_target_len (0 = the
                   task's), max_train_examples / max_eval_examples (0 = all), eval_batch_size,
                   buckets (source length buckets, () = powers of two)
   model           num_labels (0 = the task's), pretrained_head, pooling ('cls' | 'mean':
@@ -33,8 +34,10 @@ trainer reads with its default. Top-level keys every training config has:
   eval            selection: the eval metric that picks the best Δh ('' = the task's when
                   it is computed, else 'loss'; 'loss' is lowest-best, 'accuracy', 'rouge2',
                   'bleu', ... highest-best); generate: decode with `generate` and score
-                  ROUGE / BLEU at every evaluation (seq2seq). The best Δh is written to
-                  WORKDIR/best/ (unified_petl.train.selection)
+                  ROUGE / BLEU at every evaluation (seq2seq); bleu_tokenize: how BLEU
+                  tokenises ('13a': sacrebleu's WMT tokeniser; 'moses': the Moses tokenizer
+                  then tokenize='none', the reference's en-ro scoring). The best Δh is
+                  written to WORKDIR/best/ (unified_petl.train.selection)
   distributed     call jax.distributed.initialize() (multi-host)
   num_devices     use the first n devices (0 = all)
   progress        show a tqdm progress bar
@@ -64,6 +67,9 @@ REQUIRED = ("base", "method", "task", "seed", "batch_size", "total_steps", "log_
 GENERATE_DEFAULTS = dict(num_beams=1, max_length=20, min_length=0, length_penalty=1.0,
                          no_repeat_ngram_size=0, early_stopping=False)
 
+
+# How BLEU may tokenise (unified_petl.evaluate.bleu): sacrebleu's 13a, or Moses + 'none'.
+BLEU_TOKENIZERS = ("13a", "moses")
 
 # Groups whose keys are not fixed by base_config(): overrides may add keys to them.
 FREE_FORM = ("base_overrides",)
@@ -96,13 +102,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         train_files="", eval_files="", eval_split="validation", max_source_len=0,
         max_target_len=0, max_train_examples=0, max_eval_examples=0, eval_batch_size=0,
-        buckets=()))
+        buckets=(), test_files=""))
     c.model = ml_collections.ConfigDict(dict(num_labels=0, pretrained_head=False,
                                              pooling="cls"))
     c.max_tokens = 0
     c.base_overrides = ml_collections.ConfigDict()
     c.generate = ml_collections.ConfigDict(GENERATE_DEFAULTS)
-    c.eval = ml_collections.ConfigDict(dict(selection="", generate=False))
+    c.eval = ml_collections.ConfigDict(dict(selection="", generate=False,
+                                            bleu_tokenize="13a"))
     c.distributed = False
     c.num_devices = 0
     c.progress = True
@@ -243,8 +250,32 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"dtype={config.dtype!r}: use float32 or bfloat16")
     if int(config.get("max_tokens", 0)) < 0:
         raise ConfigError(f"max_tokens={config.max_tokens} must be >= 0 (0: batch_size rows)")
+    tokenize = config.get("eval", {}).get("bleu_tokenize", "13a")
+    if tokenize not in BLEU_TOKENIZERS:
+        raise ConfigError(f"eval.bleu_tokenize={tokenize!r}: use '13a' (sacrebleu's WMT "
+                          "tokeniser) or 'moses' (Moses tokens, the reference's en-ro BLEU)")
     if not 0.0 <= float(config.get("label_smoothing", 0.0)) < 1.0:
         raise ConfigError(f"label_smoothing={config.label_smoothing} must be in [0, 1)")
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run was trained with: WORKDIR/config.json, written by the trainer."""
+    import json
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path} not found (the trainer writes it); pass --config "
+                          "path/to/config.py, or train in this workdir first")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not a readable config ({e}); pass --config "
+                          "path/to/config.py") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} holds {type(data).__name__}, not a config object; pass "
+                          "--config path/to/config.py")
+    return ml_collections.ConfigDict(data)
 
 
 def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -2,6 +2,7 @@
 
     results = train(config, workdir)      # config: see unified_petl.train.config
     results = evaluate(config, workdir)   # the latest checkpoint of a run, on the eval split
+    results = evaluate(config, workdir, best=True, split="test")  # the selected Δh, whole split
 
 WORKDIR after a run: checkpoints/ (orbax, the last keep_checkpoints), metrics.jsonl,
 results.json (final eval metrics), config.json, delta.safetensors (save_delta format), and
@@ -11,7 +12,6 @@ batches, same dropout keys, same updates).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -26,10 +26,10 @@ from unified_petl.train import diff_pruning
 from unified_petl.train import optim as optim_lib
 from unified_petl.train import selection
 from unified_petl.train.checkpoint import (Checkpointer, CheckpointMismatch, check_fingerprint,
-                                           load_delta, save_delta)
+                                           save_delta)
 from unified_petl.train.config import check_config, with_defaults
 from unified_petl.train.setup import build_run, decoder_start, encode_split
-from unified_petl.train.step import (gather, global_batch, init_state, make_eval_step,
+from unified_petl.train.step import (global_batch, init_state, make_eval_step,
                                      make_mesh, make_train_step, replicate, split_trainable,
                                      variables)
 from unified_petl.train.writer import MetricWriter, Preemption
@@ -236,93 +236,30 @@ def train(config, workdir: str, *, base=None,
         writer.close()
 
 
-def evaluate(config, workdir: str, *, base=None, best: bool = False) -> dict:
-    """Eval metrics on config.data.eval_split of the latest checkpoint in `workdir`, or with
-    best=True of the Δh that model selection kept (WORKDIR/best/delta.safetensors)."""
-    config = with_defaults(config)
-    check_config(config)
-    if diff_pruning.is_two_stage(config):  # the final (fixed-mask) stage lives in workdir
-        config = diff_pruning.stage2_config(config, workdir)
-    mesh = _setup_devices(config)
-    run = build_run(config, base, workdir=workdir)
-    eval_data = encode_split(run, config, config.data.eval_split)
-    if best:
-        path, record = selection.selected(workdir)
-        model, delta = load_delta(path, run.base)  # refuses another base
-        step = int(record["step"])
-        run = dataclasses.replace(run, model=model)  # prefix MLPs ejected: another tree
-        # the stored tree is the whole trainable tree (full) or the whole delta collection
-        trainable, frozen = (delta, {}) if run.full else split_trainable(False, run.params,
-                                                                         delta)
-    else:
-        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-        try:
-            if ckpt.latest_step() is None:
-                raise ValueError(f"no checkpoint in {ckpt.directory}; train first with "
-                                 f"unified-petl train --workdir {workdir}")
-            meta = ckpt.read_meta()
-            check_fingerprint(meta["fingerprint"], run.base, f"the checkpoint in {workdir}")
-            optimizer, _ = optim_lib.make_optimizer(config.optim, config.total_steps,
-                                                    method=run.model.method)
-            delta = run.init_delta(config.seed)
-            trainable, frozen = split_trainable(run.full, run.params, delta,
-                                                train_head=run.model.method.train_head,
-                                                grad_mask=run.grad_mask)
-            state, meta = ckpt.restore(init_state(trainable, optimizer, config.seed, mesh))
-            trainable, step = state.trainable, int(meta["step"])
-        finally:
-            ckpt.close()
-    metrics = _evaluate(make_eval_step(run.model, mesh), replicate(trainable, mesh),
-                        replicate(frozen, mesh), eval_data, run, config, mesh)
-    results = {"step": step, "split": config.data.eval_split, "selected": best,
-               "eval": metrics}
-    if jax.process_index() == 0:
-        name = "eval_best_results.json" if best else "eval_results.json"
-        with open(os.path.join(workdir, name), "w") as f:
-            json.dump(results, f, indent=2)
-    return results
+def evaluate(config, workdir: str, *, base=None, best: bool = False,
+             split: Optional[str] = None, max_examples: Optional[int] = None) -> dict:
+    """Eval metrics of the latest checkpoint in `workdir`, or with best=True of the Δh that
+    model selection kept (WORKDIR/best/delta.safetensors).
+
+    split None: config.data.eval_split as the trainer evaluates it (data.max_eval_examples,
+    eval.generate); split "test" (or any split): the whole split, decoded for seq2seq, or its
+    first max_examples rows. Scores and predictions are written to the workdir; see
+    unified_petl.train.inference.evaluate.
+    """
+    from unified_petl.train.inference import evaluate as evaluate_workdir
+
+    return evaluate_workdir(config, workdir, base=base, best=best, split=split,
+                            max_examples=max_examples)
 
 
 def _evaluate(eval_step, trainable, frozen, encoded, run, config, mesh) -> dict:
     """One pass over `encoded`: {"loss"} (NLL per target token or per example) and the task
-    metric: accuracy (percent) for classification; for seq2seq with a `generate` config
-    group, ROUGE / BLEU of generated text (unified_petl.predict)."""
-    from unified_petl import evaluate as metrics_lib
-    from unified_petl.data import eval_batches
+    metric: accuracy (percent) for classification; for seq2seq with eval.generate, ROUGE /
+    BLEU of generated text (unified_petl.train.inference.score)."""
+    from unified_petl.train.inference import score
 
-    nll, weight, preds, labels, rows = 0.0, 0.0, [], [], []
-    uniform = 0.0  # Σ w·mean_vocab(-log p): with nll, the label-smoothed loss
-    for local in eval_batches(encoded, batch_size=_eval_batch_size(config, mesh),
-                              decoder_start_token_id=decoder_start(run),
-                              buckets=tuple(config.data.buckets) or None,
-                              process_index=jax.process_index(),
-                              process_count=jax.process_count()):
-        out = eval_step(trainable, frozen, global_batch(local, mesh))
-        nll += float(out["nll_sum"])
-        uniform += float(out["uniform_sum"])
-        weight += float(out["weight"])
-        if "pred" in out:
-            preds.append(gather(out["pred"]))
-            labels.append(gather(out["labels"]))
-            rows.append(gather(out["weight_rows"]))
-    result = {"loss": nll / max(weight, 1.0)}
-    eps = float(config.label_smoothing)  # loss_smoothed: the reference's en-ro selection metric
-    result["loss_smoothed"] = ((1.0 - eps) * nll + eps * uniform) / max(weight, 1.0)
-    if preds:
-        result.update(metrics_lib.compute(run.task.metric, np.concatenate(preds),
-                                          np.concatenate(labels), weights=np.concatenate(rows)))
-    if _decodes(run, config):
-        # ROUGE / BLEU of beam-search output with the config's decoding settings (the
-        # paper's model selection for XSum is ROUGE-2).
-        from unified_petl.predict import predict_and_score
-
-        scores, _ = predict_and_score(run.model, variables(run.full, trainable, frozen),
-                                      run.task, encoded, run.base.tokenizer, run.base,
-                                      config.generate,
-                                      batch_size=_eval_batch_size(config, mesh),
-                                      buckets=tuple(config.data.buckets) or None)
-        result.update(scores)
-    return result
+    return score(eval_step, trainable, frozen, encoded, run, config, mesh,
+                 decode=_decodes(run, config))[0]
 
 
 def _decodes(run, config) -> bool:
