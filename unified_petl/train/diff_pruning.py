@@ -33,6 +33,7 @@ right stage and ends with the same Δh as an uninterrupted run.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from typing import Callable, Sequence
@@ -145,9 +146,14 @@ def train(config, workdir: str, *, base=None,
     term = _term(config)
     base = base if base is not None else load_pretrained(config.base)  # loaded once
     config1, workdir1 = stage1_config(config, workdir)
-    first = loop.train(config1, workdir1, base=base, hooks=hooks)
-    if first.get("preempted"):
-        return first
+    done = os.path.join(workdir1, "results.json")
+    if os.path.isfile(done) and os.path.isfile(os.path.join(workdir, INIT_FILE)):
+        with open(done) as f:  # stage 1 and the projection are finished: stage 2 resumes
+            first = json.load(f)
+    else:
+        first = loop.train(config1, workdir1, base=base, hooks=hooks)
+        if first.get("preempted"):
+            return first
     project(config, workdir, base)
     offset = [lambda step, state, h=h: h(step + term.steps, state) for h in hooks]
     results = loop.train(stage2_config(config, workdir), workdir, base=base, hooks=offset)

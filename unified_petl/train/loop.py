@@ -184,6 +184,7 @@ def train(config, workdir: str, *, base=None,
                 record = {"step": step, "loss": float(m["loss"]),
                           "loss_mean": float(np.mean(since_log)), "nll": float(m["nll"]),
                           "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"]),
+                          **({"penalty": float(m["penalty"])} if "penalty" in m else {}),
                           "steps_per_s": (step - log_step) / max(now - log_clock, 1e-9)}
                 writer.write(record)
                 since_log.clear()

@@ -36,21 +36,28 @@ def mask_term(method: Method) -> Optional[Term]:
     return child if child is not None and child.mask == "fisher" else None
 
 
-def helper_model(config, base, task, method: Method):
-    """(model without Δh but with the run's task head, its frozen params, the head's initial
-    values) in float32: what the Fisher information is taken of. The head is initialised
-    with the run's seed, exactly as the trained model's (Flax derives a module's init key
-    from its path)."""
-    from unified_petl.build import build, init_delta
-    from unified_petl.train.setup import frozen_params, overridden
+def plain_model(config, base, task, method: Method):
+    """The run's model without Δh but with its task head, in float32."""
+    from unified_petl.build import build
+    from unified_petl.train.setup import overridden
 
     num_labels = None
     if task.kind == "classification":
         num_labels = int(config.model.num_labels) or task.num_labels
-    model = build(overridden(base.config, config.get("base_overrides")),
-                  Method(name="none", train_head=method.train_head), num_labels=num_labels,
-                  pretrained_head=bool(config.model.pretrained_head),
-                  pooling=str(config.model.pooling))
+    return build(overridden(base.config, config.get("base_overrides")),
+                 Method(name="none", train_head=method.train_head), num_labels=num_labels,
+                 pretrained_head=bool(config.model.pretrained_head),
+                 pooling=str(config.model.pooling))
+
+
+def helper_model(config, base, task, method: Method):
+    """(plain_model, its frozen params, the head's initial values): what the Fisher
+    information is taken of. The head is initialised with the run's seed, exactly as the
+    trained model's (Flax derives a module's init key from its path)."""
+    from unified_petl.build import init_delta
+    from unified_petl.train.setup import frozen_params
+
+    model = plain_model(config, base, task, method)
     params = frozen_params(base, model)
     head = init_delta(model, jax.random.key(int(config.seed)), params=params)
     return model, params, head
@@ -111,7 +118,6 @@ def resolve(config, base, task, method: Method, workdir: Optional[str] = None
     term = mask_term(method)
     if term is None:
         return method, None
-    helper = helper_model(config, base, task, method)
     cached = os.path.join(workdir, MASK_FILE) if workdir else None
     if cached and os.path.isfile(cached):
         mask = masks_lib.SparseMask.load(cached, base)
@@ -120,8 +126,11 @@ def resolve(config, base, task, method: Method, workdir: Optional[str] = None
         mask = masks_lib.SparseMask.load(term.path, base)
         _check_matches(mask, term, term.path)
     else:
-        mask = compute_mask(config, base, task, method, term, helper=helper)
-    mask.check_shapes(sparse_lib.flat_shapes(helper[1]), cached or term.path or "the mask")
+        mask = compute_mask(config, base, task, method, term)
+    from unified_petl.build import shape_tree
+
+    shapes = sparse_lib.flat_shapes(shape_tree(plain_model(config, base, task, method)))
+    mask.check_shapes(shapes, cached or term.path or "the mask")
     if cached and not os.path.isfile(cached) and jax.process_index() == 0:
         mask.save(cached)
     return mask.attach(method), mask
