@@ -299,3 +299,65 @@ def test_mask_for_another_base_is_refused(setup, tmp_path):
         "sparse(density=0.3)"))
     with pytest.raises(ValueError, match="pass masks="):
         up.init_delta(model, jax.random.key(0), params=base.params)
+
+
+def _cli_error(capsys, argv):
+    from unified_petl import cli
+
+    capsys.readouterr()  # what came before
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("unified-petl: error: "), err
+    return err
+
+
+def test_mask_command(setup, tmp_path, capsys):
+    """`unified-petl mask` with the flags scripts rely on; bad input is one line."""
+    from unified_petl import cli
+
+    folder, train_file, eval_file = setup
+    config = tiny_runs.write_config_file(str(tmp_path / "tiny.py"), folder, train_file,
+                                         eval_file)
+    out = str(tmp_path / "fisher.safetensors")
+    cli.main(["mask", "--config", config, "--criterion", "fisher", "--density", "0.3",
+              "--num-examples", "16", "--out", out])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    base = up.load_pretrained(folder)
+    mask = masks_lib.SparseMask.load(out, base)
+    assert (mask.criterion, mask.num_examples, mask.density, mask.k) == (
+        "fisher", 16, 0.3, printed["k"])
+    weights = sum(v.size for v in jax.tree.leaves(base.params))
+    assert mask.head == 32 * 32 + 32 + 32 * 2 + 2  # RoBERTa's new 2-label head
+    assert mask.k + mask.head == round(0.3 * (weights + mask.head))
+    # the head used by the Fisher information is the one training starts from
+    from unified_petl.data import get_task
+    from unified_petl.train.config import load_config
+    from unified_petl.train.masking import helper_model
+    from unified_petl.train.setup import build_run
+
+    cfg = load_config(config)
+    cfg.method = f"sparse(mask=file, path='{out}')"
+    run = build_run(cfg, base)
+    head = {k: v for k, v in run.init_delta(cfg.seed).items() if k.startswith("classifier")}
+    _, _, fisher_head = helper_model(cfg, base, get_task(cfg.task), run.model.method)
+    for x, y in zip(jax.tree.leaves(head), jax.tree.leaves(fisher_head)):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+
+    for argv, expected in (
+            (["--criterion", "bogus", "--density", "0.3"], "invalid choice: 'bogus'"),
+            (["--criterion", "random", "--density", "0"], "density=0.0 must be in (0, 1]"),
+            (["--criterion", "random", "--density", "1.5"], "density=1.5 must be in (0, 1]"),
+            (["--criterion", "random", "--density", "0.01"], "head_in_budget=false")):
+        err = _cli_error(capsys, ["mask", "--config", config, "--out",
+                                  str(tmp_path / "x.safetensors"), *argv])
+        assert expected in err, err
+    # a mask of another base: training with it is refused in one line
+    tiny_hf_model("roberta", layers=1, seed=2).save_pretrained(str(tmp_path / "other"))
+    other = up.load_pretrained(str(tmp_path / "other"))
+    theirs = masks_lib.compute(other, "sparse(density=0.3)", num_labels=2).save(
+        str(tmp_path / "theirs.safetensors"))
+    err = _cli_error(capsys, ["train", "--config", config, "--workdir", str(tmp_path / "w"),
+                              f"--config.method=sparse(mask=file, path='{theirs}')"])
+    assert "compute a mask for this base" in err

@@ -402,8 +402,10 @@ def preset_terms(name: str, kw: dict[str, Any]) -> tuple[Term, ...]:
         mask = str(take("mask", "fisher" if name == "fish" else "random"))
         if name == "fish" and mask != "fisher":
             raise SpecError("fish is sparse(mask=fisher); use sparse(mask=...) for another mask")
-        terms = (Term(form="sparse", at="params", density=float(take("density", 0.005)),
-                      mask=mask, path=str(take("path", "")), pattern=str(take("pattern", "")),
+        # mask=file: the density is the file's unless given (then it must agree)
+        density = float(take("density", 0.0 if mask == "file" else 0.005))
+        terms = (Term(form="sparse", at="params", density=density, mask=mask,
+                      path=str(take("path", "")), pattern=str(take("pattern", "")),
                       select=str(take("select", "global")),
                       head_in_budget=bool(take("head_in_budget", True)),
                       num_examples=int(take("num_examples", 1024))),)
