@@ -361,3 +361,16 @@ def test_mask_command(setup, tmp_path, capsys):
     err = _cli_error(capsys, ["train", "--config", config, "--workdir", str(tmp_path / "w"),
                               f"--config.method=sparse(mask=file, path='{theirs}')"])
     assert "compute a mask for this base" in err
+
+
+def test_a_checkpoint_spec_from_before_the_new_fields_is_the_same_method():
+    """Resume compares the checkpoint's method as a Method: a spec saved before the sparse
+    fields existed (no density, mask, counts, ... keys) is still the same LoRA."""
+    method = up.parse_method("lora(r=8)")
+    old = method.to_dict()
+    for t in old["terms"]:
+        for key in ("density", "mask", "path", "select", "head_in_budget", "num_examples",
+                    "counts", "gate", "gate_lr", "l0", "steps", "lr"):
+            del t[key]
+    assert old != method.to_dict() and method.same_as(old)
+    assert not up.parse_method("lora(r=4)").same_as(old)

@@ -317,6 +317,11 @@ class Method:
         return cls(terms=tuple(Term.from_dict(t) for t in d["terms"]), name=d["name"],
                    train_head=d.get("train_head", True))
 
+    def same_as(self, stored: dict[str, Any]) -> bool:
+        """Whether a stored spec (to_dict, e.g. a checkpoint's) is this method. Compared as
+        Methods: a spec written before a Term field existed has that field's default."""
+        return Method.from_dict(stored) == self
+
 
 # ---------------------------------------------------------------------------------------------
 # Presets: the paper's methods with its defaults. Each returns a tuple of terms.

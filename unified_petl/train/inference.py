@@ -75,8 +75,7 @@ def restore(config, workdir: str, run, mesh, *, best: bool):
                              f"unified-petl train --workdir {workdir}")
         meta = ckpt.read_meta()
         check_fingerprint(meta["fingerprint"], run.base, f"the checkpoint in {workdir}")
-        method_spec = json.loads(json.dumps(run.model.method.to_dict()))
-        if meta["method"] != method_spec:  # the trainer's check, before orbax sees the tree
+        if not run.model.method.same_as(meta["method"]):  # the trainer's check, before orbax
             held = meta["method"]["name"]
             raise CheckpointMismatch(
                 f"{workdir} holds a run of method {held!r}, not {run.model.method.name!r}; "

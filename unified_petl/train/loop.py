@@ -109,7 +109,7 @@ def train(config, workdir: str, *, base=None,
         if ckpt.latest_step() is not None:
             meta = ckpt.read_meta()
             check_fingerprint(meta["fingerprint"], run.base, f"the checkpoint in {workdir}")
-            if meta["method"] != method_spec:
+            if not model.method.same_as(meta["method"]):
                 raise CheckpointMismatch(
                     f"{workdir} holds a run of method {meta['method']['name']!r}, not "
                     f"{model.method.name!r}; use a new workdir or the same method")
