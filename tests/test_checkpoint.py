@@ -152,3 +152,100 @@ def test_save_and_load_delta_eject_prefix_mlp(setup, tmp_path):
         load_delta(path, other)
     with pytest.raises(FileNotFoundError, match="save_delta"):
         load_delta(str(tmp_path / "missing.safetensors"), base)
+
+
+# ----------------------------------------------------------------------------- issue 12
+def _cli_error(capsys, argv):
+    from unified_petl import cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    return err
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_resume_refuses_a_changed_run_and_keeps_its_files(setup, tmp_path, capsys):
+    """A setting that changes what the run computes is refused (one line listing the keys),
+    before config.json, results.json or delta.safetensors is touched; settings that only
+    change reporting are allowed."""
+    from unified_petl import cli
+
+    folder, train_file, eval_file = setup
+    config_file = tiny_runs.write_config_file(str(tmp_path / "tiny.py"), folder, train_file,
+                                              eval_file, steps=4)
+    workdir = str(tmp_path / "run")
+    argv = ["train", "--config", config_file, "--workdir", workdir]
+    cli.main(argv)
+    files = {name: _read(os.path.join(workdir, name))
+             for name in ("config.json", "results.json", "delta.safetensors")}
+
+    err = _cli_error(capsys, argv + ["--config.optim.lr=0.001", "--config.batch_size=4"])
+    assert "batch_size 8 -> 4" in err and "optim.lr 0.01 -> 0.001" in err and workdir in err
+    err = _cli_error(capsys, argv + ["--config.total_steps=2"])  # would report step 2 as 4
+    assert "total_steps 4 -> 2" in err
+    err = _cli_error(capsys, argv + [f"--config.data.train_files={eval_file}"])
+    assert "data.train_files" in err
+    err = _cli_error(capsys, argv + ["--config.seed=1"])
+    assert "seed 0 -> 1" in err
+    for name, content in files.items():  # untouched by the refused runs
+        assert _read(os.path.join(workdir, name)) == content, name
+
+    capsys.readouterr()
+    cli.main(argv + ["--config.log_every=2", "--config.eval_every=2", "--config.progress=false",
+                     f"--config.data.train_files={os.path.relpath(train_file)}"])  # same file
+    assert json.loads(capsys.readouterr().out) == json.loads(files["results.json"])["eval"]
+    assert json.load(open(os.path.join(workdir, "config.json")))["log_every"] == 2
+
+
+def test_restart_before_the_first_checkpoint_does_not_duplicate_metrics(setup, tmp_path):
+    folder, train_file, eval_file = setup
+    config = tiny_runs.tiny_config(folder, train_file, eval_file, total_steps=5,
+                                   checkpoint_every=4)
+
+    def crash_after_2(step, state):
+        if step == 2:
+            raise Crash()
+
+    workdir = str(tmp_path / "run")
+    with pytest.raises(Crash):
+        train(config, workdir, hooks=[crash_after_2])
+    assert sorted(_losses(workdir)) == [1, 2]
+    train(config, workdir)  # no checkpoint: starts again at step 1
+    steps = [r["step"] for r in read_metrics(workdir) if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5]
+
+
+def test_damaged_delta_file_is_one_line(setup, tmp_path):
+    from unified_petl.train.checkpoint import CheckpointCorrupt
+
+    folder, _, _ = setup
+    base = up.load_pretrained(folder)
+    model = up.build(base.config, "lora(r=2)", num_labels=2)
+    delta = up.init_delta(model, jax.random.key(0), params=base.params)
+    path = save_delta(str(tmp_path / "best" / "delta.safetensors"), model, delta, base, step=3)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(CheckpointCorrupt, match="damaged or incomplete") as e:
+        load_delta(path, base)
+    assert path in str(e.value) and "\n" not in str(e.value)
+
+
+def test_method_mismatch_names_what_differs():
+    """A preset whose defaults changed resolves to another Δh: the refusal says which setting
+    differs instead of 'method X, not X'."""
+    from unified_petl.train.checkpoint import check_method, method_differences
+
+    old = up.parse_method("pa(r=4, dropout=0)")
+    new = up.parse_method("pa(r=4, dropout=0.1)")
+    assert method_differences(old.to_dict(), old) == []
+    assert method_differences(old.to_dict(), new) == ["term 1 (adapter) dropout: 0.0 -> 0.1"]
+    with pytest.raises(CheckpointMismatch, match=r"\(term 1 \(adapter\) dropout: 0.0 -> 0.1\); "
+                                                 r"use a new workdir"):
+        check_method(old.to_dict(), new, "W", "use a new workdir")

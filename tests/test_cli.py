@@ -1,4 +1,5 @@
-"""The command line: one-line errors with exit code 2, SIGTERM saves and exits, eval, count."""
+"""The command line: one-line errors with exit code 2, SIGTERM / Ctrl-C save and exit (75 /
+130), eval, count."""
 import json
 import os
 import signal
@@ -82,7 +83,12 @@ def test_override_parses_to_the_existing_type():
         override(base_config(), ["optim.lr"])
 
 
-def test_sigterm_saves_and_exits_cleanly_then_resumes(setup, tmp_path):
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, cli.EXIT_PREEMPTED),
+                                         (signal.SIGINT, cli.EXIT_INTERRUPTED)])
+def test_signal_saves_and_exits_cleanly_then_resumes(setup, tmp_path, signum, code):
+    """SIGTERM (preemption) exits 75, not 0: a scheduler requeues, `afterok` does not fire.
+    Ctrl-C (SIGINT) saves the same way and exits 130."""
+    name = signal.Signals(signum).name
     workdir = str(tmp_path / "run")
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=setup["cache"],
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
@@ -96,13 +102,14 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(setup, tmp_path):
             assert proc.poll() is None, proc.communicate()[1][-2000:]
             assert time.time() < deadline, "training did not start"
             time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, err[-2000:]
-    assert "SIGTERM: saved checkpoint" in err
+    assert proc.returncode == code, err[-2000:]
+    assert f"{name}: saved checkpoint" in err and "Traceback" not in err
+    assert json.loads(out)["preempted"] is True
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     saved = ckpt.latest_step()
     ckpt.close()
@@ -130,6 +137,44 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(setup, tmp_path):
     cli.main(["eval", "--config", setup["config"], "--workdir", workdir])
     results = json.load(open(os.path.join(workdir, "eval_results.json")))
     assert results["step"] == saved and 0 <= results["eval"]["accuracy"] <= 100
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    """The first Ctrl-C asks for a checkpoint at the end of the step; the second raises
+    KeyboardInterrupt right away; the previous handlers come back afterwards."""
+    from unified_petl.train.writer import Preemption
+
+    before = signal.getsignal(signal.SIGINT)
+    stop = Preemption()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested(1) and stop.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_ctrl_c_outside_the_loop_is_one_line(setup, capsys, tmp_path, monkeypatch):
+    from unified_petl.train import loop
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train", interrupted)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--config", setup["config"], "--workdir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == cli.EXIT_INTERRUPTED and err.count("\n") == 1
+    assert err.startswith("unified-petl: error: interrupted")
+
+
+def test_slurm_script_requeues_on_the_preempted_code():
+    script = open(os.path.join(os.path.dirname(__file__), "..", "launch",
+                               "slurm.sbatch")).read()
+    assert f"EXIT_PREEMPTED={cli.EXIT_PREEMPTED}" in script
+    assert 'scontrol requeue "$SLURM_JOB_ID"' in script and 'exit "$status"' in script
 
 
 def test_count(setup, capsys):

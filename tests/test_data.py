@@ -172,6 +172,16 @@ def test_encode_rejects_unlabelled_split(bert_tokenizer):
         encode(get_task("sst2"), ds, bert_tokenizer)
 
 
+@pytest.mark.parametrize("label", [1.7, None, True])
+def test_encode_rejects_a_label_that_is_not_a_class_id(bert_tokenizer, label):
+    """A cast to int32 would cut 1.7 to 1 (None: a TypeError traceback)."""
+    rows = [{"sentence": "x", "label": 1}, {"sentence": "y", "label": label}]
+    with pytest.raises(ValueError, match=f"label {label!r} is not a class id"):
+        encode(get_task("sst2"), rows, bert_tokenizer)
+    assert encode(get_task("sst2"), [{"sentence": "x", "label": 1.0}],
+                  bert_tokenizer).labels.tolist() == [1]
+
+
 def test_mbart_language_codes_and_shift(mbart_tokenizer):
     ds = datasets.Dataset.from_list(ROWS["wmt16_en_ro"])
     tok = mbart_tokenizer
@@ -341,8 +351,9 @@ def test_host_slice_partitions_the_batch():
 
 def test_clear_errors():
     enc = synthetic(n=5)
-    with pytest.raises(ValueError, match="no batch"):
+    with pytest.raises(ValueError, match="no full batch of 8 rows; lower batch_size") as e:
         batches(enc, batch_size=8)
+    assert "drop_remainder" not in str(e.value)  # a keyword, not a config key
     with pytest.raises(ValueError, match="position"):
         batches(enc, batch_size=2, position=9)
     with pytest.raises(ValueError, match="do not cover"):

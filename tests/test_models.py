@@ -1,6 +1,5 @@
 """Our Flax base models against transformers' PyTorch models, and checkpoint loading errors."""
 import json
-import os
 import shutil
 
 import jax

@@ -16,7 +16,7 @@ Element-wise sparse Δh (a mask of individual weights, unified_petl.masks):
 from unified_petl import masks
 from unified_petl.build import build, init_delta, shape_tree
 from unified_petl.delta.budget import count, count_for
-from unified_petl.delta.lora import merge_lora, unmerge_lora
+from unified_petl.delta.merge import merge, merge_lora, unmerge_lora
 from unified_petl.delta.prefix import eject
 from unified_petl.delta.sparse import merge_sparse
 from unified_petl.delta.spec import Method, SpecError, Term, parse_method
@@ -25,7 +25,7 @@ from unified_petl.models.loading import Base, CheckpointError, load_pretrained
 from unified_petl.train.checkpoint import load_delta, save_delta
 
 __all__ = ["build", "init_delta", "shape_tree", "load_pretrained", "Base", "CheckpointError",
-           "Method", "Term", "SpecError", "parse_method", "count", "count_for", "merge_lora",
-           "unmerge_lora", "eject", "generate", "save_delta", "load_delta", "masks",
-           "merge_sparse"]
+           "Method", "Term", "SpecError", "parse_method", "count", "count_for", "merge",
+           "merge_lora", "unmerge_lora", "eject", "generate", "save_delta", "load_delta",
+           "masks", "merge_sparse"]
 __version__ = "0.1.0"

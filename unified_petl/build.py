@@ -1,11 +1,13 @@
 """`build`: a transformers config + a Δh method -> a Flax module; `init_delta`: its Δh tree."""
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from unified_petl.delta.spec import Method, SpecError, parse_method
 from unified_petl.models.config import arch_config
@@ -17,8 +19,10 @@ def build(config: Any, method: "str | Method" = "none", *, num_labels: Optional[
     """The base model of `config` with the Δh of `method` at the paper's points.
 
     config: a transformers config (or ArchConfig). method: a preset string ('mam(l=30,r=512)')
-    or a Method. num_labels: encoder-only models get a classification head with this many
-    labels (None: the checkpoint's head if its architecture has one, else no head).
+    or a Method; the options it leaves to the base (adapter dropout, ...) are set from `config`
+    (`Method.resolve`), so the model's `method` holds the numbers it computes with.
+    num_labels: encoder-only models get a classification head with this many labels (None:
+    the checkpoint's head if its architecture has one, else no head).
     pretrained_head: the head's weights come from the checkpoint (frozen `params`) rather than
     being new (`delta`). pooling: what an encoder's head reads, "cls" (the first token) or
     "mean" (masked mean, for sentence-transformers bases). dtype: compute dtype (bf16 for
@@ -30,7 +34,7 @@ def build(config: Any, method: "str | Method" = "none", *, num_labels: Optional[
 
     cfg = arch_config(config)
     method = parse_method(method) if isinstance(method, str) else method.validate()
-    method.validate(encoder_only=not cfg.seq2seq)
+    method = method.resolve(cfg).validate(encoder_only=not cfg.seq2seq)
     if method.sparse is not None and not method.sparse.counts:
         raise SpecError(f"{method.sparse.short()} chooses its weights from a mask: resolve it "
                         "before building the model (mask = up.masks.compute(...) or "
@@ -87,9 +91,14 @@ def init_delta(model, rng: jax.Array, batch: Optional[dict] = None, params: Any 
     batch = {k: v for k, v in batch.items() if k in _INPUT_KEYS}
     rngs = {"params": rng, "dropout": jax.random.fold_in(rng, 1)}
     if params is None:
+        if any(t.dora for t in model.method.of("lora")):  # m would be the random base's norm
+            raise SpecError("DoRA's magnitude starts at the norm of the pretrained weight: pass "
+                            "params= (the frozen tree) to init_delta")
         variables = jax.jit(lambda r: model.init(r, **batch))(rngs)
+        check_patterns(model.method, variables["params"])
         delta = variables.get("delta", {})
     else:
+        check_patterns(model.method, params)
         _, state = jax.jit(lambda p, r: model.apply({"params": p}, **batch, rngs=r,
                                                     mutable=["delta"]))(params, rngs)
         delta = state.get("delta", {})
@@ -107,8 +116,6 @@ def init_delta(model, rng: jax.Array, batch: Optional[dict] = None, params: Any 
 
 
 def _replace_leaves(delta: Any, initial: dict) -> Any:
-    from flax import traverse_util
-
     flat = traverse_util.flatten_dict(delta, sep="/")
     for path, value in initial.items():
         if path not in flat:
@@ -128,3 +135,17 @@ def _replace_leaves(delta: Any, initial: dict) -> Any:
 
 _INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "decoder_input_ids",
                "decoder_attention_mask")
+
+
+def check_patterns(method: Method, params: Any) -> None:
+    """Refuse a masked(pattern=...) term that matches no leaf of `params` (the frozen tree or
+    its shapes): it would train nothing and the run would look fine."""
+    if not method.masked_patterns:
+        return
+    paths = ["/".join(p) for p in traverse_util.flatten_dict(params)]
+    for pattern in method.masked_patterns:
+        if not any(re.fullmatch(pattern, path) for path in paths):
+            examples = [p for p in paths if re.search(r"layers?_0/", p)][:2] or paths[:2]
+            raise SpecError(f"masked(pattern={pattern!r}) matches no parameter of this model; "
+                            f"the pattern must match whole paths such as "
+                            f"{' or '.join(map(repr, examples))}")

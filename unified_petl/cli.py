@@ -13,9 +13,16 @@ eval and predict read the run's config from WORKDIR/config.json (the trainer wri
 --config is given; --config.KEY=VALUE overrides apply either way. `eval --split S` scores the
 whole split S with the task's decoding and metric (see unified_petl.train.inference).
 
-Bad input (a config key that does not exist, a value of the wrong type, a data file that
-cannot be read, a Δh of another base) is reported as ONE line on stderr with exit code 2;
-a diverged run (NaN loss) exits with 1. UNIFIED_PETL_DEBUG=1 shows the full traceback.
+Exit codes (ONE line on stderr for each failure; UNIFIED_PETL_DEBUG=1 shows the traceback):
+  0    done
+  1    the run diverged (NaN/inf loss); its last good checkpoint is kept
+  2    bad input: a config key that does not exist, a value of the wrong type, a data file
+       that cannot be read, a Δh of another base, a workdir that cannot be written ...
+  75   preempted (EX_TEMPFAIL): SIGTERM made `train` save a checkpoint and stop before
+       total_steps; run the same command again to resume (launch/slurm.sbatch requeues the
+       job on this code, and an `afterok` dependency does not fire)
+  130  interrupted: Ctrl-C (SIGINT) made `train` save a checkpoint and stop (the same as
+       SIGTERM); a second Ctrl-C stops at once, without one
 """
 from __future__ import annotations
 
@@ -26,6 +33,8 @@ import sys
 from typing import Optional, Sequence
 
 PROG = "unified-petl"
+EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: try again later
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's code for Ctrl-C
 
 
 class _Parser(argparse.ArgumentParser):
@@ -292,7 +301,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     from unified_petl.delta.spec import SpecError
     from unified_petl.models.loading import CheckpointError
-    from unified_petl.train.checkpoint import CheckpointMismatch
+    from unified_petl.train.checkpoint import CheckpointCorrupt, CheckpointMismatch
     from unified_petl.train.config import ConfigError
     from unified_petl.train.loop import TrainingDiverged
 
@@ -308,12 +317,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
         results = train(config, args.workdir)
         print(json.dumps(results.get("eval", results), indent=2))
+        if results.get("preempted"):  # a checkpoint was saved; the run is not finished
+            raise SystemExit(EXIT_INTERRUPTED if results.get("signal") == "SIGINT"
+                             else EXIT_PREEMPTED)
     except TrainingDiverged as e:
         if debug:
             raise
         _fail(str(e), code=1)
-    except (ConfigError, SpecError, CheckpointError, CheckpointMismatch, ValueError,
-            FileNotFoundError) as e:
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop, or the second one
+        if debug:
+            raise
+        _fail("interrupted (Ctrl-C); checkpoints already saved are intact: run the same "
+              "command again to resume", code=EXIT_INTERRUPTED)
+    except (ConfigError, SpecError, CheckpointError, CheckpointMismatch, CheckpointCorrupt,
+            ValueError, OSError) as e:  # OSError: permissions, a full disk, a missing file
         if debug:
             raise
         _fail(" ".join(str(e).split()) or type(e).__name__)

@@ -135,6 +135,11 @@ def encode(task: Task, dataset, tokenizer, *, max_source_len: int | None = None,
             ids = tokenizer(text_target=tgt, max_length=t_len, truncation=True)["input_ids"]
             targets.append(Ragged.from_lists(ids))
         else:
+            for label in tgt:  # a cast would cut 1.7 to 1 and fail on None with a TypeError
+                if isinstance(label, bool) or not (isinstance(label, (int, np.integer)) or (
+                        isinstance(label, float) and label.is_integer())):
+                    raise ValueError(f"task {task.name!r}: label {label!r} is not a class id "
+                                     f"(an integer 0..{task.num_labels - 1})")
             labels.append(np.asarray(tgt, dtype=np.int32).reshape(-1))
 
     out = Encoded(kind=task.kind, source=Ragged.concat(sources), pad_id=int(tokenizer.pad_token_id),
@@ -262,9 +267,10 @@ class BatchStream:
         self._plan_cache: tuple[int, list[np.ndarray]] | None = None
         self._steps = n = len(self.plan(epoch))
         if n == 0:
-            raise ValueError(f"{len(encoded)} examples make no batch of {batch_size or max_tokens} "
-                             f"{'rows' if batch_size else 'tokens'} with drop_remainder=True; "
-                             "use a smaller batch or drop_remainder=False")
+            raise ValueError(f"{len(encoded)} examples make no full batch of "
+                             f"{batch_size or max_tokens} {'rows' if batch_size else 'tokens'}; "
+                             f"lower {'batch_size' if batch_size else 'max_tokens'} or give "
+                             "more examples")
         if not 0 <= position <= n:
             raise ValueError(f"position={position} is outside the epoch's {n} batches")
         # position == n means "epoch done": store it as the start of the next epoch.

@@ -8,6 +8,7 @@ from local json/jsonl/csv/parquet files with the same columns (always works offl
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Callable, Mapping
 
@@ -108,10 +109,39 @@ def _split_file(data_files: str | os.PathLike | Mapping[str, str], split: str, t
                      f"add data_files[{split!r}] = <path>")
 
 
+def _check_text(path: str, builder: str) -> None:
+    """An empty file, or text that is not UTF-8, as one line naming the file (and the line):
+    datasets reads the first as StopIteration and the second only when the column is used."""
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path} is empty; give a file with examples")
+    if builder == "parquet" or path.endswith(_COMPRESSIONS):
+        return
+    import codecs
+
+    decoder, line, offset = codecs.getincrementaldecoder("utf-8")(), 1, 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                bad = line + chunk.count(b"\n", 0, max(e.start, 0))
+                raise ValueError(f"{path}: line {bad} is not UTF-8 text (byte "
+                                 f"{chunk[e.start:e.start + 1]!r} at file offset "
+                                 f"{offset + e.start}); save the file as UTF-8") from None
+            line += chunk.count(b"\n")
+            offset += len(chunk)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: the file ends inside a UTF-8 character (line {line}); "
+                             "save the file as UTF-8") from None
+
+
 def _read_local(path: str) -> datasets.Dataset:
     if not os.path.exists(path):
         raise ValueError(f"{path}: file not found")
     builder = _builder(path)
+    _check_text(path, builder)
     try:
         return datasets.load_dataset(builder, data_files={"data": path}, split="data")
     except Exception as e:  # datasets wraps parse errors in DatasetGenerationError chains
@@ -142,9 +172,17 @@ def _check_columns(ds: datasets.Dataset, task: Task, path: str) -> datasets.Data
 
 
 def _labels_to_ids(ds: datasets.Dataset, task: Task, path: str) -> datasets.Dataset:
-    """Local files may name labels ("entailment") instead of numbering them: map to ids."""
+    """Local files may name labels ("entailment") instead of numbering them: map to ids.
+    A label that is neither a name nor a whole number (null, 1.7) is refused: a cast
+    would silently cut 1.7 to 1."""
     if task.kind != "classification" or not len(ds):
         return ds
+    for row, label in enumerate(ds["label"], 1):
+        whole = isinstance(label, int) or (isinstance(label, float) and label.is_integer())
+        if not (whole and not isinstance(label, bool)) and not isinstance(label, str):
+            raise ValueError(f"{path}: row {row} has label {json.dumps(label)}; labels are "
+                             f"class ids 0..{task.num_labels - 1} or names "
+                             f"{list(task.label_names)}")
     if isinstance(ds[0]["label"], str):
         ids = {n: i for i, n in enumerate(task.label_names)}
         unknown = sorted(set(ds["label"]) - set(ids))

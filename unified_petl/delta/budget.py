@@ -8,7 +8,12 @@ enough: no weights, no FLOPs.
 - stored: the Δh tree after `eject` (prefix MLPs replaced by the prefixes they produce).
 - paper: the formula of the paper's Tables 9-11 (REFERENCE.md): per sub-layer prefix 2·l·d,
   adapters 2·r·d, LoRA r·(d_in + d_out) per projection, prompt l·d, masked = the masked
-  leaves' size; biases, layernorms and the prefix MLP are not counted.
+  leaves' size; biases, layernorms and the prefix MLP are not counted. Beyond the paper, the
+  same rule: DoRA adds its magnitude vector, d_out per projection (Liu et al. 2024 count it
+  with LoRA's A, B); IA3 one vector per target, d_out (output target) or d_in (input target)
+  per projection (Liu et al. 2022: d_k + d_v + d_ff per layer); a learned gate (UniPELT) d_in
+  per gate, its W_g without the bias. Labels: lora (A, B of LoRA, rsLoRA and DoRA), dora (the
+  magnitudes), ia3, gate (every learned gate, whatever term it scales).
 - percent_paper = 100 × paper / base_params.
 - sparse terms (unified_petl.delta.sparse) count their k trained values as trained, stored and
   paper parameters of "sparse@params", and their int32 positions as `index_bytes` (4 per
@@ -26,10 +31,9 @@ import re
 from collections import defaultdict
 from typing import Any
 
-import jax
 from flax import traverse_util
 
-from unified_petl.delta.spec import Method, parse_method
+from unified_petl.delta.spec import Method
 from unified_petl.models.config import ArchConfig, arch_config
 from unified_petl.shipped import config_path
 
@@ -66,6 +70,12 @@ def term_label(path: tuple[str, ...], masked_paths: set) -> str:
         return "sparse@params"
     if path[-1].endswith(diff_pruning.W) or diff_pruning.is_gate(path[-1]):
         return "diff@params"
+    if path[-1].endswith(("gate_kernel", "gate_bias")):
+        return "gate"
+    if path[-1] == "ia3_l":
+        return "ia3"
+    if path[-1] == "lora_magnitude":
+        return "dora"
     if any(p.startswith("prefix_") for p in path):
         return "prefix@heads"
     if path[-1] == "prompt":
@@ -93,6 +103,15 @@ def layer_of(path: tuple[str, ...]) -> str:
     return "global"
 
 
+def _projection(cfg: ArchConfig, target: str) -> tuple[int, int, int]:
+    """(d_in, d_out, how many) of a LoRA / IA3 target across the model."""
+    d, ffn = cfg.d_model, cfg.ffn_dim
+    if target in ("q", "k", "v", "o"):
+        return d, d, cfg.encoder_layers + 2 * cfg.decoder_layers  # enc self, dec self, cross
+    n_ffn = cfg.encoder_layers + cfg.decoder_layers
+    return (d, ffn, n_ffn) if target == "fc1" else (ffn, d, n_ffn)
+
+
 def _paper_count(method: Method, cfg: ArchConfig, masked_size: int) -> dict[str, int]:
     d = cfg.d_model
     n_layers_attn = cfg.encoder_layers + 2 * cfg.decoder_layers  # enc self, dec self, cross
@@ -101,21 +120,26 @@ def _paper_count(method: Method, cfg: ArchConfig, masked_size: int) -> dict[str,
     for t in method.terms:
         if t.form == "prefix":
             out["prefix@heads"] += 2 * t.size * d * n_layers_attn
+            out["gate"] += d * n_layers_attn if t.learn_gate else 0
         elif t.form == "prompt":
             out["prompt@embed"] += t.size * d
         elif t.form == "adapter":
             n = n_ffn if t.at == "ffn" else n_layers_attn
             out[f"adapter@{t.at}"] += 2 * t.size * d * n
+            out["gate"] += d * n if t.learn_gate else 0
         elif t.form == "lora":
             for target in t.targets:
-                if target in ("q", "k", "v", "o"):
-                    out["lora"] += t.size * (d + d) * n_layers_attn
-                else:
-                    ffn = cfg.ffn_dim
-                    out["lora"] += t.size * (d + ffn) * n_ffn
+                d_in, d_out, n = _projection(cfg, target)
+                out["lora"] += t.size * (d_in + d_out) * n
+                out["dora"] += d_out * n if t.dora else 0
+                out["gate"] += d_in * n if t.learn_gate else 0
+        elif t.form == "ia3":
+            for target in t.targets:
+                d_in, d_out, n = _projection(cfg, target)
+                out["ia3"] += (d_in if target in t.input_targets else d_out) * n
         elif t.form == "masked":
             out["masked@params"] = masked_size
-    return dict(out)
+    return {label: n for label, n in out.items() if n}
 
 
 def count(config: Any, method: "str | Method", *, num_labels: int = 0) -> dict[str, Any]:
@@ -124,7 +148,7 @@ def count(config: Any, method: "str | Method", *, num_labels: int = 0) -> dict[s
     Returns {base_params, trained, stored, paper, percent_paper, percent_trained, head,
     per_axis: {label: {trained, stored, paper}}, per_layer: {layer: trained}}.
     """
-    from unified_petl.build import build, shape_tree
+    from unified_petl.build import build, check_patterns, shape_tree
 
     from unified_petl.delta import sparse
 
@@ -136,7 +160,10 @@ def count(config: Any, method: "str | Method", *, num_labels: int = 0) -> dict[s
         terms=tuple(t for t in method.terms if t is not unresolved), name=method.name,
         train_head=method.train_head)
     model = build(config, shape_method, num_labels=num_labels, pretrained_head=False)
+    if unresolved is None:
+        method = model.method  # resolved for this base
     shapes = shape_tree(model, None)  # one trace for both collections
+    check_patterns(method, shapes.get("params", {}))
     params = traverse_util.flatten_dict(shapes.get("params", {}))
     delta = shapes.get("delta", {})
     flat_delta = traverse_util.flatten_dict(delta)

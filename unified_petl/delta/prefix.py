@@ -73,17 +73,21 @@ def drop_probabilities(probs: jax.Array, rng: jax.Array, rate: float) -> jax.Arr
 
 
 def gated_prefix_attention(q, k, v, bias, p_k, p_v, *, scale: float, gate: bool = True,
-                           dropout_rng=None, dropout: float = 0.0):
+                           dropout_rng=None, dropout: float = 0.0, learned_gate=None):
     """Explicit form of prefix attention for one layer.
 
     q [B, T, H, d_h], k/v [B, S, H, d_h], bias [B, 1|H, T, S] additive mask, p_k/p_v [l, H, d_h].
     Returns (heads [B, T, H, d_h], λ [B, H, T]). With gate=False the prefix term is added
     without λ (the paper's "-gating" ablation). dropout_rng: attention-probability dropout
     of rate `dropout` on both softmaxes (as the concatenated form drops entries of its one
-    softmax); λ itself is not dropped.
+    softmax); λ itself is not dropped. learned_gate G [B, T] (UniPELT, `unified_petl.delta.
+    gates`): query t sees the prefixes G_t·P_k, G_t·P_v, i.e. its prefix logits and its prefix
+    values are scaled by G_t.
     """
     logits = jnp.einsum("bthd,bshd->bhts", q, k) * scale + bias
     p_logits = jnp.einsum("bthd,lhd->bhtl", q, p_k) * scale
+    if learned_gate is not None:
+        p_logits = p_logits * learned_gate[:, None, :, None]
     lse = jax.nn.logsumexp(logits, axis=-1)
     p_lse = jax.nn.logsumexp(p_logits, axis=-1)
     probs, p_probs = jax.nn.softmax(logits, -1), jax.nn.softmax(p_logits, -1)
@@ -93,6 +97,8 @@ def gated_prefix_attention(q, k, v, bias, p_k, p_v, *, scale: float, gate: bool 
         p_probs = drop_probabilities(p_probs, p_key, dropout)
     attn = jnp.einsum("bhts,bshd->bthd", probs, v)
     p_attn = jnp.einsum("bhtl,lhd->bthd", p_probs, p_v)
+    if learned_gate is not None:
+        p_attn = p_attn * learned_gate[:, :, None, None]
     lam = jax.nn.sigmoid(p_lse - lse)  # Σexp(P) / (Σexp(P) + Σexp(K))
     if not gate:
         return attn + p_attn, lam

@@ -10,8 +10,6 @@ weight -> kernel [transposed] / scale / embedding), so checkpoints map one to on
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import flax.linen as nn
 import flax.struct
 import jax

@@ -1,8 +1,9 @@
 """Building blocks of the base models, each with the Δh points of the paper.
 
 Every frozen weight is read through `frozen_param` (masked offsets, BitFit); linear layers carry
-LoRA; `Attention` exposes the head outputs before W_o (prefixes, gated prefixes, multi-head PA),
-the concatenated heads (attention PA) and the attention output (sequential attention adapter).
+the weight terms (LoRA, rsLoRA, DoRA, IA3); `Attention` exposes the head outputs before W_o
+(prefixes, gated prefixes, learned prefix gates, multi-head PA), the concatenated heads
+(attention PA) and the attention output (sequential attention adapter).
 """
 from __future__ import annotations
 
@@ -12,26 +13,47 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from unified_petl.delta import compose
 from unified_petl.delta.adapter import Adapter, MultiHeadAdapter
+from unified_petl.delta.dora import dora_output
+from unified_petl.delta.gates import learned_gate
+from unified_petl.delta.ia3 import ia3_vector
 from unified_petl.delta.lora import lora_delta
 from unified_petl.delta.prefix import drop_probabilities, gated_prefix_attention, split_heads
 from unified_petl.delta.spec import Method
 from unified_petl.delta.variables import frozen_param, normal, ones, zeros
 
-# Which module names a LoRA target means, in BART and BERT/RoBERTa naming.
-LORA_NAMES = {"q": ("q_proj", "query"), "k": ("k_proj", "key"), "v": ("v_proj", "value"),
-              "o": ("out_proj", "out"), "fc1": ("fc1", "intermediate"),
-              "fc2": ("fc2", "output")}
+# Which module names a LoRA / IA3 target means, in BART and BERT/RoBERTa naming (transformers'
+# names: BART q_proj ... fc2; RoBERTa attention.self.query, ..., attention.output.dense (o),
+# intermediate.dense (fc1), output.dense (fc2), see loading.HF_RENAMES).
+PROJECTION_NAMES = {"q": ("q_proj", "query"), "k": ("k_proj", "key"),
+                    "v": ("v_proj", "value"), "o": ("out_proj", "out"),
+                    "fc1": ("fc1", "intermediate"), "fc2": ("fc2", "output")}
+LORA_NAMES = PROJECTION_NAMES  # the name before IA3 shared it
+
+
+def projection_target(site: tuple[str, ...]) -> Optional[str]:
+    """The target (q, k, v, o, fc1, fc2) of a Dense at path `site`, None for other layers."""
+    for target, names in PROJECTION_NAMES.items():
+        if site and site[-1] in names:
+            return target
+    return None
 
 NEG_INF = float(jnp.finfo(jnp.float32).min)
 
 
 class Dense(nn.Module):
-    """y = x W + b (+ LoRA). kernel [d_in, features] (the transpose of PyTorch's weight)."""
+    """y = x W + b with the weight terms of projection `target` (q, k, v, o, fc1, fc2; None:
+    a layer no term targets). kernel [d_in, features] (the transpose of PyTorch's weight).
+
+    At most one weight term per projection (`Method.validate`): LoRA / rsLoRA
+    y = xW + b + s·BA x (optionally gated), DoRA y = (m/n)(xW + s·BA x) + b, IA3
+    y = l ⊙ (xW + b) (output target) or y = (l ⊙ x)W + b (input target).
+    """
 
     features: int
     method: Method = Method()
-    lora_target: Optional[str] = None
+    target: Optional[str] = None
     use_bias: bool = True
     dtype: jnp.dtype = jnp.float32
 
@@ -40,12 +62,20 @@ class Dense(nn.Module):
         patterns = self.method.masked_patterns
         kernel = frozen_param(self, "kernel", normal(0.02), (x.shape[-1], self.features),
                               patterns)
+        lora = self.method.lora_for(self.target) if self.target else None
+        ia3 = self.method.ia3_for(self.target) if self.target else None
+        ia3_on_input = ia3 is not None and self.target in ia3.input_targets
+        if ia3_on_input:  # PEFT's feedforward IA3: the input is rescaled
+            x = compose.multiply(x, ia3_vector(self, x.shape[-1]).astype(x.dtype))
         y = x.astype(self.dtype) @ kernel.astype(self.dtype)
+        if lora is not None and lora.dora:
+            y = dora_output(self, lora, x, kernel, y, deterministic, self.dtype)
+        elif lora is not None:
+            y = y + lora_delta(self, lora, x, self.features, deterministic, self.dtype)
         if self.use_bias:
             y = y + frozen_param(self, "bias", zeros, (self.features,), patterns).astype(self.dtype)
-        term = self.method.lora_for(self.lora_target) if self.lora_target else None
-        if term is not None:
-            y = y + lora_delta(self, term, x, self.features, deterministic, self.dtype)
+        if ia3 is not None and not ia3_on_input:  # the output, bias included (PEFT)
+            y = compose.multiply(y, ia3_vector(self, self.features).astype(y.dtype))
         return y
 
 
@@ -154,14 +184,15 @@ class Attention(nn.Module):
     cross: bool = False
 
     def _dense(self, d, target, name):
-        return Dense(d, self.method, lora_target=target, dtype=self.dtype, name=name)
+        return Dense(d, self.method, target=target, dtype=self.dtype, name=name)
 
     @nn.compact
     def __call__(self, x, kv=None, bias=None, prefix=None, deterministic=True):
         d = x.shape[-1]
         heads, d_head = self.num_heads, d // self.num_heads
         split = lambda y: y.reshape(y.shape[:-1] + (heads, d_head))
-        q = split(self._dense(d, "q", self.names[0])(x, deterministic))
+        q_proj = self._dense(d, "q", self.names[0])
+        q = split(q_proj(x, deterministic))
         qa = q  # the queries as attention sees them
         if self.decode and self.cross:
             k, v = self._cross_cache(kv, split, d, deterministic)
@@ -185,13 +216,17 @@ class Attention(nn.Module):
         if self.dropout > 0.0 and not deterministic:
             dropout_rng = self.make_rng("dropout")
         prefix_term = self.method.prefix
-        explicit = prefix is not None and (prefix_term.explicit_gate
+        explicit = prefix is not None and (prefix_term.explicit_gate or prefix_term.learn_gate
                                            or prefix_term.composition == "add")
         if explicit:  # the gated form term by term
             p_k, p_v = split_heads(prefix.astype(q.dtype), heads)
+            learned = None
+            if prefix_term.learn_gate:  # UniPELT's G_P(x_t), per query row as qa holds them
+                learned = learned_gate(self, "prefix_gate", x, q.dtype).reshape(qa.shape[:2])
             out, lam = gated_prefix_attention(qa, k, v, bias, p_k, p_v, scale=scale,
                                               gate=prefix_term.composition == "gated",
-                                              dropout_rng=dropout_rng, dropout=self.dropout)
+                                              dropout_rng=dropout_rng, dropout=self.dropout,
+                                              learned_gate=learned)
             self.sow("intermediates", "prefix_gate", lam)
         else:
             if prefix is not None:  # concatenation: K <- [P_k; K], V <- [P_v; V]
@@ -203,7 +238,11 @@ class Attention(nn.Module):
             out = self._softmax_attention(qa, k, v, bias, scale, dropout_rng)
         out = out.reshape(q.shape)  # unfold beams (a no-op otherwise)
         for term in self.method.adapters("heads"):  # multi-head PA, before W_o
-            out = out + MultiHeadAdapter(term, self.dtype, name="mh_adapter")(q, deterministic)
+            # its own query W_q LN(x) + b_q through the frozen projection (and its LoRA, as the
+            # reference's q_proj), unscaled
+            project = lambda z: split(q_proj(z, deterministic))
+            out = out + MultiHeadAdapter(term, self.dtype, name="mh_adapter")(x, project,
+                                                                               deterministic)
         out = out.reshape(out.shape[:2] + (d,))
         for term in self.method.adapters("attn", "parallel"):  # PA: Adapter(x) before W_o
             out = out + Adapter(term, d, self.dtype, name="attn_adapter")(x, deterministic)
@@ -243,8 +282,10 @@ class Attention(nn.Module):
             return k, v, bias
         steps, max_len = k.shape[1], cached_k.value.shape[1]
         i = index.value
-        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), (0, i, 0, 0))
-        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), (0, i, 0, 0))
+        cached_k.value = jax.lax.dynamic_update_slice(
+            cached_k.value, k.astype(cached_k.value.dtype), (0, i, 0, 0))
+        cached_v.value = jax.lax.dynamic_update_slice(
+            cached_v.value, v.astype(cached_v.value.dtype), (0, i, 0, 0))
         index.value = i + steps
         positions = jnp.arange(max_len)[None, :]
         query_pos = i + jnp.arange(steps)[:, None]

@@ -14,10 +14,10 @@ import functools
 import hashlib
 import json
 import os
+import pickle
 import re
 from typing import Any, Optional
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
@@ -123,7 +123,13 @@ def read_state_dict(folder: str) -> dict[str, np.ndarray]:
     state: dict[str, np.ndarray] = {}
     if files:
         for name in files:
-            state.update(load_file(os.path.join(folder, name)))
+            path = os.path.join(folder, name)
+            try:
+                state.update(load_file(path))
+            except Exception as e:  # SafetensorError (truncated, not safetensors), OSError
+                raise CheckpointError(f"{path}: cannot read the weights ({_first_line(e)}); "
+                                      "the file is damaged or incomplete: download or save "
+                                      "it again") from None
         return state
     files = shards(TORCH_INDEX, "pytorch_model.bin")
     if not files:
@@ -131,10 +137,30 @@ def read_state_dict(folder: str) -> dict[str, np.ndarray]:
     import torch  # only for .bin checkpoints, and never with pickle code execution
 
     for name in files:
-        loaded = torch.load(os.path.join(folder, name), map_location="cpu", weights_only=True)
+        path = os.path.join(folder, name)
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # weights_only refuses code in the pickle
+            detail = next((line.split("error:", 1)[1].strip().split(". ")[0]
+                           for line in str(e).splitlines() if "WeightsUnpickler error:" in line),
+                          _first_line(e))
+            raise CheckpointError(
+                f"{path}: refused: the pickle holds Python objects besides tensors, which only "
+                f"a code-running load could read ({detail}); save the weights as "
+                "model.safetensors from an environment you trust") from None
+        except Exception as e:  # truncated zip, not a torch file
+            raise CheckpointError(f"{path}: cannot read the weights ({_first_line(e)}); the "
+                                  "file is damaged or incomplete: download or save it "
+                                  "again") from None
         state.update({k: v.float().numpy() if v.is_floating_point() else v.numpy()
                       for k, v in loaded.items()})
     return state
+
+
+def _first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message (libraries write paragraphs)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(error).__name__
 
 
 def _strip_body_prefix(key: str) -> str:
@@ -208,4 +234,59 @@ def load_pretrained(name_or_path: str, *, tokenizer: bool = True) -> Base:
             tok = transformers.AutoTokenizer.from_pretrained(folder)
         except (OSError, ValueError, TypeError):
             tok = None  # a weights-only folder
+        problem = tokenizer_problem(tok, cfg.vocab_size) if tok is not None else None
+        if problem and has_tokenizer_files(folder):
+            raise CheckpointError(
+                f"the tokenizer files in {folder} do not belong to this model: {problem}; "
+                "save the model's own tokenizer there (tokenizer.save_pretrained)")
+        if problem:
+            # transformers 5 builds an EMPTY tokenizer of the config's model type (5 tokens,
+            # every word <unk>) from a folder without tokenizer files instead of raising:
+            # this folder holds weights only (encode_split then says so).
+            tok = None
     return Base(config=config, params=params, tokenizer=tok, path=folder, has_head=has_head)
+
+
+# Files from which transformers reads a tokenizer (any one of them).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt",
+                   "merges.txt", "special_tokens_map.json", "added_tokens.json",
+                   "sentencepiece.bpe.model", "spiece.model", "tokenizer.model")
+
+
+def has_tokenizer_files(folder: str) -> bool:
+    return any(os.path.exists(os.path.join(folder, name)) for name in TOKENIZER_FILES)
+
+
+def tokenizer_problem(tok, rows: int) -> Optional[str]:
+    """Why `tok` cannot be the tokenizer of a model with `rows` embedding rows, or None.
+
+    Checks (each catches a tokenizer that would train on garbage without an error): no id
+    beyond the embedding table (JAX's gather would not fail, it reads NaN or a clamped
+    row); not far fewer tokens than rows (an empty tokenizer maps every word to <unk>); and
+    a round trip of a string made of the tokenizer's own words (a few ordinary tokens
+    spread over the vocabulary) comes back unchanged without <unk>.
+    """
+    vocab = tok.get_vocab()
+    top = max(vocab.values(), default=-1)
+    if top >= rows:
+        return (f"its token ids reach {top} but the model's embedding table has {rows} rows "
+                "(a tokenizer of another model)")
+    if len(vocab) < rows // 2:
+        return f"it has {len(vocab)} tokens for the model's {rows} embedding rows"
+    special = set(tok.all_special_ids)
+    words = []
+    for i in range(0, top + 1, max(1, (top + 1) // 500)):
+        word = tok.decode([i]).strip() if i not in special else ""
+        if len(word) >= 2 and word.isalnum() and word not in words:
+            words.append(word)
+            if len(words) == 4:
+                break
+    if not words:
+        return "none of its tokens is an ordinary word"
+    text = " ".join(words)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    back = tok.decode(ids, skip_special_tokens=True)
+    squash = lambda s: "".join(s.split()).lower()  # noqa: E731 (normalisers differ in these)
+    if not ids or tok.unk_token_id in ids or squash(back) != squash(text):
+        return f"the text {text!r} of its own words comes back as {back!r}"
+    return None

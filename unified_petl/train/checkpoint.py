@@ -8,7 +8,10 @@ latest) and asynchronously (training goes on while the bytes are written):
     shardings of a template state;
   meta:  JSON {method (Method.to_dict), fingerprint (of the base weights), data ({epoch,
     position} of the next batch), step, config (the run's config as JSON)}.
-Only the last `keep` checkpoints stay on disk.
+Only the last `keep` checkpoints stay on disk. `restore_intact` resumes from the newest
+checkpoint that reads back whole: a damaged newer one (a truncated array file, metadata or
+meta) is renamed STEP.corrupt, kept for inspection where orbax does not look, with one
+warning line; when none reads back, nothing is renamed and the error names them all.
 
 Inference files (`save_delta` / `load_delta`): one safetensors file holding the Δh leaves
 under '/'-joined paths and, in its header, the method spec (prefix MLPs ejected: stored
@@ -19,7 +22,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+import sys
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -34,6 +38,16 @@ class CheckpointMismatch(ValueError):
     """A Δh or checkpoint that belongs to another base model or method."""
 
 
+class CheckpointCorrupt(ValueError):
+    """No checkpoint of a directory (or a Δh file) can be read back; the message names them."""
+
+
+def _first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message (orbax / tensorstore write pages)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+
+
 def check_fingerprint(saved: str, base, what: str) -> None:
     """Refuse a Δh trained on other base weights: its numbers would be meaningless there."""
     if saved != base.fingerprint:
@@ -41,6 +55,57 @@ def check_fingerprint(saved: str, base, what: str) -> None:
             f"{what} was trained on a base with fingerprint {saved}, but the base "
             f"{getattr(base, 'path', '') or '(given)'} has fingerprint {base.fingerprint}; "
             "load the base it was trained on (same weights, same random_init seed)")
+
+
+def method_differences(saved: dict, method: Method) -> list[str]:
+    """What differs between a stored method spec (Method.to_dict) and `method`: 'term 1
+    dropout: 0.0 -> 0.1', ... (empty when they are the same Δh)."""
+    old = Method.from_dict(saved)
+    if len(old.terms) != len(method.terms):
+        return [f"terms: {old.name!r} -> {method.name!r}"]
+    out = [] if old.train_head == method.train_head else [
+        f"head trained: {old.train_head} -> {method.train_head}"]
+    for i, (a, b) in enumerate(zip(old.terms, method.terms), 1):
+        da, db = a.to_dict(), b.to_dict()
+        out += [f"term {i} ({b.form}) {k}: {_brief(da.get(k))} -> {_brief(db[k])}"
+                for k in db if da.get(k) != db[k]]
+    return out
+
+
+def _brief(value) -> str:
+    """repr, with a long list (a sparse term's per-leaf counts) summarised."""
+    if isinstance(value, list) and len(value) > 6:
+        return f"<{len(value)} entries>"
+    return repr(value)
+
+
+def check_method(saved: dict, method: Method, what: str, fix: str) -> None:
+    """Refuse a checkpoint of another Δh method, naming what differs (a preset of the same
+    name resolves to other settings after a change of its defaults, for instance)."""
+    differences = method_differences(saved, method)
+    if differences:
+        raise CheckpointMismatch(
+            f"{what} holds a run of method {saved['name']!r}, not {method.name!r} "
+            f"({'; '.join(differences)}); {fix}")
+
+
+def _drop_closed_loop_noise() -> None:
+    """After orbax gives up on a damaged checkpoint, tensorstore still completes the reads it
+    had started; their callbacks find orbax's event loop closed, and each prints a traceback
+    ('Event loop is closed') as an unraisable exception, burying the one warning line. Drop
+    exactly those (the failure itself was already caught); pass anything else on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop", False):
+        return
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.drops_closed_loop = True
+    sys.unraisablehook = hook
 
 
 # ----------------------------------------------------------------------------- training
@@ -76,19 +141,75 @@ class Checkpointer:
         return self.manager.restore(step, args=ocp.args.Composite(
             meta=ocp.args.JsonRestore()))["meta"]
 
+    def restore_intact(self, template: Any, same_run: Callable[[dict], None]
+                       ) -> Optional[tuple[Any, dict]]:
+        """(state, meta) of the newest checkpoint that reads back whole, None without any.
+
+        same_run(meta) raises for a checkpoint of another run (base, method, config): that
+        is not damage, so it stops the search at once. A checkpoint whose meta or state
+        cannot be read is skipped; once an older one has been restored, the skipped newer
+        ones are renamed STEP.corrupt with one warning line each. When none can be read,
+        nothing is renamed (they may fit another version or config) and CheckpointCorrupt
+        names them all.
+        """
+        from unified_petl.train.writer import warn
+
+        failed = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                meta = self.read_meta(step)
+            except Exception as e:  # truncated JSON, a missing item: any read error
+                failed.append((step, f"meta: {_first_line(e)}"))
+                continue
+            same_run(meta)
+            try:
+                state, meta = self._restore(template, step)
+            except Exception as e:  # tensorstore / orbax errors have no common base class
+                _drop_closed_loop_noise()
+                failed.append((step, _first_line(e)))
+                continue
+            for bad, why in failed:
+                kept = self.set_aside(bad)
+                warn(f"checkpoint {bad} in {self.directory} cannot be read ({why}); resuming "
+                     f"from checkpoint {step}; the damaged one is kept as {kept}")
+            return state, meta
+        if failed:
+            listing = "; ".join(f"{step}: {why}" for step, why in failed)
+            raise CheckpointCorrupt(
+                f"no checkpoint in {self.directory} can be read back ({listing}); nothing "
+                "was changed: if they are damaged, move that folder aside to start again "
+                "from step 0")
+        return None
+
+    def set_aside(self, step: int) -> str:
+        """Rename checkpoint `step` to STEP.corrupt[.n] (orbax ignores the name) on process 0;
+        returns the new path."""
+        path = os.path.join(self.directory, str(step))
+        target, n = path + ".corrupt", 1
+        while os.path.exists(target):
+            n += 1
+            target = f"{path}.corrupt.{n}"
+        if jax.process_index() == 0:
+            os.rename(path, target)
+        self.manager.reload()
+        return target
+
     def restore(self, template: Any, step: Optional[int] = None) -> tuple[Any, dict]:
         """(state, meta) of checkpoint `step` (latest by default), laid out like `template`
         (same tree, shapes, dtypes and shardings; its values are not used)."""
-        ocp = self._ocp
         step = self.latest_step() if step is None else step
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
         try:
-            out = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+            return self._restore(template, step)
         except (ValueError, KeyError) as e:
             raise CheckpointMismatch(
                 f"checkpoint {step} in {self.directory} does not fit this run's Δh/optimiser "
                 f"({str(e).splitlines()[0][:200]}); use a new workdir or the same config")
+
+    def _restore(self, template: Any, step: int) -> tuple[Any, dict]:
+        ocp = self._ocp
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         return out["state"], out["meta"]
 
     def wait(self) -> None:
@@ -111,7 +232,8 @@ def _method_of(model_or_method) -> tuple[Method, Optional[dict]]:
     return method, build
 
 
-def save_delta(path: str, model_or_method, delta: Any, base) -> str:
+def save_delta(path: str, model_or_method, delta: Any, base, *,
+               step: Optional[int] = None) -> str:
     """Write a trained Δh to one safetensors file `path` for inference; returns the path.
 
     model_or_method: the built model (then load_delta rebuilds it) or a Method / preset.
@@ -135,6 +257,8 @@ def save_delta(path: str, model_or_method, delta: Any, base) -> str:
     tensors = {k: np.ascontiguousarray(np.asarray(v)) for k, v in flat.items()}
     header = {"format": FORMAT, "method": json.dumps(stored_method.to_dict()),
               "fingerprint": base.fingerprint, "build": json.dumps(build)}
+    if step is not None:  # the training step of this Δh (the trainer's files)
+        header["step"] = str(int(step))
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = path + ".tmp"
@@ -143,23 +267,45 @@ def save_delta(path: str, model_or_method, delta: Any, base) -> str:
     return path
 
 
+def read_delta_file(path: str) -> tuple[dict, dict]:
+    """(header, {'/'-joined path: array}) of a save_delta file; one line when it is missing,
+    damaged (truncated, not safetensors) or not a Δh file."""
+    from safetensors import safe_open
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such Δh file; write one with save_delta")
+    try:
+        with safe_open(path, framework="numpy") as f:
+            header = f.metadata() or {}
+            if header.get("format") != FORMAT:
+                raise ValueError(f"{path} is not a Δh file written by save_delta "
+                                 f"(format {header.get('format')!r}, expected {FORMAT!r})")
+            flat = {k: f.get_tensor(k) for k in f.keys()}
+    except ValueError:
+        raise
+    except Exception as e:  # SafetensorError (truncated or not safetensors), OSError
+        raise CheckpointCorrupt(f"{path}: cannot read the Δh ({_first_line(e)}); the file is "
+                                "damaged or incomplete") from None
+    return header, flat
+
+
+def delta_file_problem(path: str) -> Optional[str]:
+    """None when `path` reads back as a Δh file, else why not (one line)."""
+    try:
+        read_delta_file(path)
+    except (ValueError, OSError) as e:
+        return str(e)
+    return None
+
+
 def load_delta(path: str, base, *, dtype=None):
     """(model or method, Δh) from a file written by save_delta, for the base it was trained on.
 
     Returns the rebuilt model when save_delta was given a model (apply it with
     {"params": base.params, "delta": delta}), else the Method. A base with another
-    fingerprint is refused (CheckpointMismatch).
+    fingerprint is refused (CheckpointMismatch); a damaged file is CheckpointCorrupt.
     """
-    from safetensors import safe_open
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such Δh file; write one with save_delta")
-    with safe_open(path, framework="numpy") as f:
-        header = f.metadata() or {}
-        if header.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a Δh file written by save_delta "
-                             f"(format {header.get('format')!r}, expected {FORMAT!r})")
-        flat = {k: f.get_tensor(k) for k in f.keys()}
+    header, flat = read_delta_file(path)
     check_fingerprint(header["fingerprint"], base, f"the Δh in {path}")
     method = Method.from_dict(json.loads(header["method"]))
     delta = traverse_util.unflatten_dict({tuple(k.split("/")): jax.numpy.asarray(v)

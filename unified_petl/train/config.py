@@ -12,7 +12,7 @@ trainer reads with its default. Top-level keys every training config has:
   batch_size      global batch: rows per optimiser step, across all devices and hosts
   grad_accum      microbatches per step (batch_size / grad_accum rows each)
   total_steps     optimiser steps
-  log_every, eval_every, checkpoint_every, keep_checkpoints
+  log_every, eval_every, checkpoint_every, keep_checkpoints (>= 1)
   label_smoothing ε of (1-ε)·NLL + ε·mean_vocab(-log p)
   dtype           compute dtype: float32 | bfloat16 (Δh and optimiser state stay fp32)
   optim           lr, warmup_steps | warmup_ratio, end_lr, b1, b2, eps, weight_decay,
@@ -44,6 +44,9 @@ trainer reads with its default. Top-level keys every training config has:
   save_delta      write WORKDIR/delta.safetensors at the end (save_delta format)
   delta_init      a save_delta file of the same base and method to start Δh from ('' = the
                   method's init): a warm start (diff pruning's stage 2 uses it)
+
+Resuming a workdir compares the config with its checkpoint's: only RESUMABLE_CHANGES (when
+the run logs, evaluates, saves; devices; progress) may differ, any other change is refused.
 
 Overrides: `--config.optim.lr=1e-4`; the value is parsed to the type of the existing key
 (bool: true/false/1/0; tuples and lists as Python literals). An unknown key or a value of
@@ -239,6 +242,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for key in ("batch_size", "total_steps", "log_every"):
         if int(config[key]) < 1:
             raise ConfigError(f"config.{key}={config[key]} must be >= 1")
+    if int(config.get("keep_checkpoints", 2)) < 1:
+        raise ConfigError(f"keep_checkpoints={config.keep_checkpoints} must be >= 1: the latest "
+                          "checkpoint is what a rerun resumes from and eval reads")
     for key in ("eval_every", "checkpoint_every"):
         if int(config[key]) < 0:
             raise ConfigError(f"config.{key}={config[key]} must be >= 0 (0: only at the end)")
@@ -292,3 +298,51 @@ def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
                     dst[key] = src[key]
     merge(out, config)
     return out
+
+
+# Keys a resumed run may change: they decide when the run reports, saves and what it shows,
+# not what it computes. Any other difference from the checkpoint's config changes the run
+# (the Δh, the schedule, the data, the evaluations that select the best Δh) and is refused.
+# `base` and `method` are compared by what they mean (fingerprint, Method spec) elsewhere.
+RESUMABLE_CHANGES = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+                     "progress", "save_delta", "distributed", "num_devices",
+                     "data.eval_batch_size", "data.buckets")
+COMPARED_ELSEWHERE = ("base", "method")
+PATH_KEYS = ("data.train_files", "data.eval_files")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _same_value(key: str, old: Any, new: Any) -> bool:
+    if key in PATH_KEYS and isinstance(old, str) and isinstance(new, str) and old and new:
+        return os.path.realpath(old) == os.path.realpath(new)
+    return old == new
+
+
+def resume_changes(saved_json: str, config: ml_collections.ConfigDict) -> list[str]:
+    """'key: old -> new' for each setting of `config` that differs from the checkpoint's
+    (config.to_json() as stored in its meta) and would change the run if resumed."""
+    import json
+
+    old = _flat(json.loads(saved_json))
+    new = _flat(json.loads(with_defaults(config).to_json()))
+    defaults = _flat(json.loads(base_config().to_json()))
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if key in RESUMABLE_CHANGES or key in COMPARED_ELSEWHERE:
+            continue
+        missing = object()
+        # a key the checkpoint's version did not know had its default's behaviour
+        before, after = old.get(key, defaults.get(key, missing)), new.get(key, missing)
+        if not _same_value(key, before, after):
+            show = lambda v: "(none)" if v is missing else json.dumps(v)  # noqa: E731
+            changes.append(f"{key} {show(before)} -> {show(after)}")
+    return changes

@@ -32,7 +32,7 @@ import numpy as np
 
 from unified_petl.train import optim as optim_lib
 from unified_petl.train import selection
-from unified_petl.train.checkpoint import (Checkpointer, CheckpointMismatch, check_fingerprint,
+from unified_petl.train.checkpoint import (Checkpointer, check_fingerprint, check_method,
                                            load_delta)
 from unified_petl.train.config import ConfigError, check_config, with_defaults
 from unified_petl.train.setup import build_run, decoder_start, encode_split
@@ -73,21 +73,22 @@ def restore(config, workdir: str, run, mesh, *, best: bool):
         if ckpt.latest_step() is None:
             raise ValueError(f"no checkpoint in {ckpt.directory}; train first with "
                              f"unified-petl train --workdir {workdir}")
-        meta = ckpt.read_meta()
-        check_fingerprint(meta["fingerprint"], run.base, f"the checkpoint in {workdir}")
-        if not run.model.method.same_as(meta["method"]):  # the trainer's check, before orbax
-            held = meta["method"]["name"]
-            raise CheckpointMismatch(
-                f"{workdir} holds a run of method {held!r}, not {run.model.method.name!r}; "
-                f"evaluate with the run's own config (leave out --config: it reads "
-                f"{os.path.join(workdir, 'config.json')}) or --config.method={held!r}")
+        def same_run(meta):  # the trainer's checks, before orbax sees the tree
+            check_fingerprint(meta["fingerprint"], run.base, f"the checkpoint in {workdir}")
+            check_method(meta["method"], run.model.method, workdir,
+                         "evaluate with the run's own config (leave out --config: it reads "
+                         f"{os.path.join(workdir, 'config.json')}) or "
+                         f"--config.method={meta['method']['name']!r}")
+
         optimizer, _ = optim_lib.make_optimizer(config.optim, config.total_steps,
                                                 method=run.model.method)
         delta = run.init_delta(config.seed)
         trainable, frozen = split_trainable(run.full, run.params, delta,
                                             train_head=run.model.method.train_head,
                                             grad_mask=run.grad_mask)
-        state, meta = ckpt.restore(init_state(trainable, optimizer, config.seed, mesh))
+        # a damaged newest checkpoint falls back to the newest intact one, as in training
+        state, meta = ckpt.restore_intact(init_state(trainable, optimizer, config.seed, mesh),
+                                          same_run)
         return run, state.trainable, frozen, int(meta["step"])
     finally:
         ckpt.close()

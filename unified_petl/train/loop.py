@@ -8,7 +8,12 @@ WORKDIR after a run: checkpoints/ (orbax, the last keep_checkpoints), metrics.js
 results.json (final eval metrics), config.json, delta.safetensors (save_delta format), and
 tensorboard/ when tensorboard is installed. Running `train` again on the same workdir
 resumes from the latest checkpoint and reproduces the uninterrupted run exactly (same
-batches, same dropout keys, same updates).
+batches, same dropout keys, same updates). The rerun must be the same run: a config that
+changes what it computes is refused before anything is written (train.config.
+resume_changes). Damage does not lose the run: a checkpoint that cannot be read back is
+renamed STEP.corrupt and the newest intact one resumes; a damaged metrics line, best.json,
+best Δh, results.json or delta.safetensors is set aside (*.corrupt) and rebuilt or rewritten
+where the run still holds what it needs, each with one warning line.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from typing import Callable, Optional, Sequence
 
@@ -26,13 +32,14 @@ from unified_petl.train import diff_pruning
 from unified_petl.train import optim as optim_lib
 from unified_petl.train import selection
 from unified_petl.train.checkpoint import (Checkpointer, CheckpointMismatch, check_fingerprint,
-                                           save_delta)
-from unified_petl.train.config import check_config, with_defaults
+                                           check_method, delta_file_problem, save_delta)
+from unified_petl.train.config import (RESUMABLE_CHANGES, check_config, resume_changes,
+                                       with_defaults)
 from unified_petl.train.setup import build_run, decoder_start, encode_split
 from unified_petl.train.step import (global_batch, init_state, make_eval_step,
                                      make_mesh, make_train_step, replicate, split_trainable,
                                      variables)
-from unified_petl.train.writer import MetricWriter, Preemption
+from unified_petl.train.writer import MetricWriter, Preemption, warn
 
 
 class TrainingDiverged(RuntimeError):
@@ -71,10 +78,7 @@ def train(config, workdir: str, *, base=None,
         return diff_pruning.train(config, workdir, base=base, hooks=hooks)
     mesh = _setup_devices(config)
     process0 = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    if process0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=2))
+    check_writable(workdir)  # before minutes of loading: a typo'd or read-only path
 
     # ---------------------------------------------------------------- 2. base, model, data
     wall_start = time.time()
@@ -101,22 +105,38 @@ def train(config, workdir: str, *, base=None,
 
     # ---------------------------------------------------------------- 4. resume
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-    writer = MetricWriter(workdir, enabled=process0)
-    preemption = bar = None
+    writer = preemption = bar = None
     try:
         method_spec = json.loads(json.dumps(model.method.to_dict()))
         position = {"epoch": 0, "position": 0}
-        if ckpt.latest_step() is not None:
-            meta = ckpt.read_meta()
+
+        def same_run(meta):
+            """Refuse a checkpoint of another run: base, method, or a setting that changes
+            what the run computes (train.config.resume_changes)."""
             check_fingerprint(meta["fingerprint"], run.base, f"the checkpoint in {workdir}")
-            if not model.method.same_as(meta["method"]):
+            check_method(meta["method"], model.method, workdir,
+                         "use a new workdir or the same method")
+            changes = resume_changes(meta["config"], config) if "config" in meta else []
+            if changes:
                 raise CheckpointMismatch(
-                    f"{workdir} holds a run of method {meta['method']['name']!r}, not "
-                    f"{model.method.name!r}; use a new workdir or the same method")
-            state, meta = ckpt.restore(state)
+                    f"{workdir} holds a run with other settings ({'; '.join(changes)}); "
+                    "resuming would mix two runs: use a new workdir, or the checkpoint's "
+                    f"values (a resume may change only {', '.join(RESUMABLE_CHANGES)})")
+
+        restored = ckpt.restore_intact(state, same_run)
+        if restored is not None:
+            state, meta = restored
             position = meta["data"]
-            writer.truncate_after(int(meta["step"]))
         start = int(state.step)
+        if start > config.total_steps:  # resume_changes refuses this; never write results
+            raise CheckpointMismatch(f"{workdir} holds checkpoint {start}, past total_steps="
+                                     f"{config.total_steps}; use a new workdir")
+        # the checks passed: this config is the run's
+        writer = MetricWriter(workdir, enabled=process0)
+        writer.truncate_after(start)  # also 0: a run killed before its first checkpoint
+        if process0:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                f.write(config.to_json(indent=2))
 
         stream = _train_stream(train_data, run, config, mesh, position)
         train_step = make_train_step(model, optimizer, mesh, schedule=schedule,
@@ -135,7 +155,7 @@ def train(config, workdir: str, *, base=None,
         def save_trained_delta(path):
             # full: {params, delta}; otherwise the whole delta collection (a frozen head too)
             tree = state.trainable if full else variables(full, state.trainable, frozen)["delta"]
-            save_delta(path, model, tree, run.base)
+            save_delta(path, model, tree, run.base, step=int(state.step))
 
         best = selection.Selection(workdir, selection_metric,
                                    save_trained_delta if config.save_delta else None,
@@ -203,15 +223,23 @@ def train(config, workdir: str, *, base=None,
                 hook(step, state)
             if stop and not last:
                 ckpt.wait()
-                print(f"SIGTERM: saved checkpoint {step} in {ckpt.directory}; run the same "
+                name = preemption.signal_name or "SIGTERM"
+                print(f"{name}: saved checkpoint {step} in {ckpt.directory}; run the same "
                       "command again to resume", file=sys.stderr, flush=True)
-                return {"preempted": True, "step": step}
+                return {"preempted": True, "step": step, "signal": name}
 
         # ------------------------------------------------------------ 6. final eval, results
         results_path = os.path.join(workdir, "results.json")
-        if start == config.total_steps and os.path.exists(results_path):
-            with open(results_path) as f:  # a finished run: nothing to do
-                return json.load(f)
+        if start == config.total_steps:  # a finished run: nothing to do but repair
+            finished = _finished_results(results_path, process0)
+            if finished is not None:
+                delta_path = os.path.join(workdir, "delta.safetensors")
+                problem = delta_file_problem(delta_path) if config.save_delta else None
+                if problem and process0:  # the final checkpoint holds the same Δh
+                    save_trained_delta(delta_path)
+                    warn(f"{problem}; rewritten from checkpoint {start}")
+                return finished
+            writer.truncate_after(start, evals_at_step=False)  # evaluated again just below
         eval_metrics = run_eval()
         writer.write({"step": config.total_steps,
                       **{f"eval_{k}": v for k, v in eval_metrics.items()}})
@@ -234,7 +262,36 @@ def train(config, workdir: str, *, base=None,
         if preemption is not None:
             preemption.restore()
         ckpt.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
+
+
+def check_writable(workdir: str) -> None:
+    """Create `workdir` and write a file there, or one line that says why not."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot write to the workdir {workdir} "
+                         f"({e.strerror or type(e).__name__}); choose a folder you can write "
+                         "to") from None
+
+
+def _finished_results(path: str, process0: bool) -> Optional[dict]:
+    """results.json of a finished run, or None (missing; unreadable: renamed .corrupt with
+    a warning, and the final evaluation runs again to rewrite it)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except ValueError as e:
+        if process0:
+            os.replace(path, path + ".corrupt")
+        warn(f"{path} is unreadable ({type(e).__name__}); kept as {path}.corrupt; evaluating "
+             "the final checkpoint again to rewrite it")
+        return None
 
 
 def evaluate(config, workdir: str, *, base=None, best: bool = False,

@@ -32,6 +32,7 @@ class Run:
     params: Any
     masks: Any = None
     initial: dict = dataclasses.field(default_factory=dict)
+    warned: set = dataclasses.field(default_factory=set)  # warnings already printed
 
     @property
     def full(self) -> bool:
@@ -165,25 +166,86 @@ def frozen_params(base: Base, model) -> Any:
 
 
 def encode_split(run: Run, config, split: str):
-    """Tokenised split ('train' or config.data.eval_split) of the run's task."""
+    """Tokenised split ('train' or config.data.eval_split) of the run's task, its lengths
+    within the model's position table (sequence_lengths)."""
     from unified_petl.data import encode, load_task
 
     if run.base.tokenizer is None:
-        raise ValueError(f"base {config.base} has no tokenizer files; save the tokenizer "
-                         "next to the weights (tokenizer.save_pretrained)")
+        raise ValueError(f"base {run.base.path or config.base} has no tokenizer files; save "
+                         "the model's tokenizer next to its weights (tokenizer.save_pretrained)")
     train = split == "train"
     files = config.data.train_files if train else config.data.eval_files
     limit = config.data.max_train_examples if train else config.data.max_eval_examples
-    dataset = load_task(run.task.name, split, data_files=files or None,
-                        max_examples=int(limit) or None, seed=int(config.seed))
+    try:
+        dataset = load_task(run.task.name, split, data_files=files or None,
+                            max_examples=int(limit) or None, seed=int(config.seed))
+    except OSError as e:  # the hub: ConnectionError offline, DatasetNotFoundError, ...
+        if files or run.task.hub is None:
+            raise
+        key = "data.train_files" if train else "data.eval_files"
+        raise ValueError(f"task {run.task.name!r}: the {split} split comes from the hub "
+                         f"({run.task.hub[0]}) and could not be loaded ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:160] if str(e) else ''}); set "
+                         f"--config.{key}=FILE (.json/.jsonl/.csv/.parquet with columns "
+                         f"{list(run.task.columns)})") from None
     if len(dataset) == 0:
         raise ValueError(f"the {split} split of task {run.task.name!r} is empty "
                          f"({files or 'generated/hub data'}); give a file with examples")
-    target_len = config.data.max_target_len or None
-    if not train and target_len is None:
-        target_len = run.task.eval_max_target_len
-    return encode(run.task, dataset, run.base.tokenizer,
-                  max_source_len=config.data.max_source_len or None, max_target_len=target_len)
+    source_len, target_len = sequence_lengths(run, config, split)
+    return encode(run.task, dataset, run.base.tokenizer, max_source_len=source_len,
+                  max_target_len=target_len)
+
+
+def sequence_lengths(run: Run, config, split: str) -> tuple[int, Optional[int]]:
+    """(max_source_len, max_target_len or None) to encode `split` with, within the model's
+    position table. Past it, JAX's embedding gather reads NaN (it does not fail), so:
+
+    - a length the config sets (data.max_source_len, max_target_len, a data.buckets entry)
+      beyond the table is refused, naming both numbers: the config is the record of the
+      experiment, and silently training on shorter inputs than it says would make it lie;
+    - a task default beyond the table (GLUE's 512 on a smaller model) is cut to the table
+      with one warning line: the user asked for nothing, and the model's own limit is the
+      standard truncation (transformers' model_max_length).
+    """
+    from unified_petl.train.config import ConfigError
+    from unified_petl.train.writer import warn
+
+    cfg = run.model.cfg
+    limits = {"source": cfg.max_source_positions,
+              "target": cfg.max_positions if cfg.seq2seq else None}
+    where = f"base {config.base}"
+    data = config.data
+    for key, kind in (("max_source_len", "source"), ("max_target_len", "target")):
+        value, limit = int(data[key]), limits[kind]
+        if limit is not None and value > limit:
+            raise ConfigError(f"data.{key}={value} is longer than the {limit} {kind} positions "
+                              f"of {where}; set --config.data.{key} to at most {limit}")
+    too_long = [b for b in data.buckets if int(b) > limits["source"]]
+    if too_long:
+        raise ConfigError(f"data.buckets {tuple(data.buckets)} has {too_long} longer than the "
+                          f"{limits['source']} source positions of {where}; use buckets of at "
+                          f"most {limits['source']}")
+
+    def default(value, kind, name):
+        limit = limits[kind]
+        if limit is None or value is None or value <= limit:
+            return value
+        message = (f"task {run.task.name!r} cuts {kind}s at {value} tokens ({name}) but {where} "
+                   f"has {limit} {kind} positions: {kind}s are cut at {limit} (set "
+                   f"--config.data.max_{kind}_len to choose)")
+        if message not in run.warned:
+            run.warned.add(message)
+            warn(message)
+        return limit
+
+    source = int(data.max_source_len) or default(run.task.max_source_len, "source",
+                                                  "its max_source_len")
+    target = int(data.max_target_len) or None
+    if target is None and split != "train" and run.task.eval_max_target_len:
+        target = default(run.task.eval_max_target_len, "target", "its eval_max_target_len")
+    if target is None and run.task.kind == "seq2seq":
+        target = default(run.task.max_target_len, "target", "its max_target_len")
+    return source, target
 
 
 def decoder_start(run: Run) -> Optional[int]:

@@ -2,8 +2,10 @@
 
 metrics.jsonl holds one JSON object per line: train records {"step", "loss", "loss_mean",
 "nll", "grad_norm", "lr", "steps_per_s"} at every logged step, eval records {"step",
-"eval_loss", "eval_accuracy", ...}. On resume from step s, records after s (written by the
-interrupted run past its last checkpoint) are dropped, so the file reads as one run.
+"eval_loss", "eval_accuracy", ...}. On resume from step s (0 without a checkpoint), records
+after s (written by the interrupted run past its last checkpoint) are dropped, so the file
+reads as one run; a line that is not JSON (a write cut short by a kill) is moved to
+metrics.jsonl.corrupt with one warning line.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 
 
@@ -29,14 +32,29 @@ class MetricWriter:
             except ImportError:
                 self._tb = None
 
-    def truncate_after(self, step: int) -> None:
-        """Drop records of steps > step (resume from checkpoint `step`)."""
+    def truncate_after(self, step: int, *, evals_at_step: bool = True) -> None:
+        """Drop records of steps > step (resume from checkpoint `step`, 0: a fresh start);
+        with evals_at_step=False also the eval records of `step` itself (a finished run
+        evaluated again)."""
         if not self.enabled or not os.path.exists(self.path):
             return
-        with open(self.path) as f:
-            keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        keep, bad = [], []
+        with open(self.path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                record = _parse(raw)
+                if record is None:
+                    if raw.strip():
+                        bad.append((number, raw))
+                elif record["step"] < step or (record["step"] == step and (
+                        evals_at_step or not any(k.startswith("eval_") for k in record))):
+                    keep.append(raw if raw.endswith(b"\n") else raw + b"\n")
+        if bad:
+            with open(self.path + ".corrupt", "ab") as f:
+                f.writelines(raw if raw.endswith(b"\n") else raw + b"\n" for _, raw in bad)
+            warn(f"{self.path}: line(s) {', '.join(str(n) for n, _ in bad)} are not JSON "
+                 "records (a write cut short?); moved to metrics.jsonl.corrupt")
         tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
+        with open(tmp, "wb") as f:
             f.writelines(keep)
         os.replace(tmp, self.path)
 
@@ -60,33 +78,63 @@ class MetricWriter:
             self._tb.close()
 
 
+def warn(message: str) -> None:
+    """One warning line on stderr (the CLI's errors read `unified-petl: error: ...`)."""
+    print(f"unified-petl: warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+def _parse(raw: bytes):
+    """A metrics record from one line of metrics.jsonl, or None when it is not one."""
+    try:
+        record = json.loads(raw)
+    except ValueError:  # a half-written line, not UTF-8
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        return None
+    return record
+
+
 def read_metrics(workdir: str) -> list[dict]:
-    """All records of WORKDIR/metrics.jsonl."""
+    """All records of WORKDIR/metrics.jsonl (a line that is not a record, e.g. one being
+    written right now, is skipped; `train` moves such lines aside when it resumes)."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    with open(path, "rb") as f:
+        return [r for r in map(_parse, f) if r is not None]
 
 
 class Preemption:
-    """SIGTERM (a scheduler's preemption notice) -> `requested(step)` turns True.
+    """SIGTERM (a scheduler's preemption notice) or Ctrl-C (SIGINT) -> `requested(step)`
+    turns True; `signal_name` says which.
 
     The handler only sets a flag: the trainer finishes the current step, saves, and returns.
-    With several hosts the decision must be the same on all of them, so it comes from JAX's
-    preemption sync point (every host stops at the same step).
+    A second Ctrl-C raises KeyboardInterrupt at once (no save). With several hosts the
+    decision must be the same on all of them, so it comes from JAX's preemption sync point
+    (every host stops at the same step).
     """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.flag = False
-        self._previous = None
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. a notebook worker): no handler
-            self._previous = None
+        self.signal_name = None
+        self._previous = {}
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+                pass
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.flag:
+            self.restore()
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now, without a checkpoint
+        if signum == signal.SIGINT:
+            print("Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again: stop at "
+                  "once, without one)", file=sys.stderr, flush=True)
         self.flag = True
+        self.signal_name = signal.Signals(signum).name
 
     def requested(self, step: int) -> bool:
         import jax
@@ -99,6 +147,6 @@ class Preemption:
         return self.flag
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
