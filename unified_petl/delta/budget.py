@@ -33,7 +33,7 @@ from typing import Any
 
 from flax import traverse_util
 
-from unified_petl.delta.spec import Method
+from unified_petl.delta.spec import Method, parse_method
 from unified_petl.models.config import ArchConfig, arch_config
 from unified_petl.shipped import config_path
 
@@ -149,7 +149,6 @@ def count(config: Any, method: "str | Method", *, num_labels: int = 0) -> dict[s
     per_axis: {label: {trained, stored, paper}}, per_layer: {layer: trained}}.
     """
     from unified_petl.build import build, check_patterns, shape_tree
-
     from unified_petl.delta import sparse
 
     cfg = arch_config(config)
