@@ -40,6 +40,9 @@ Printed (one JSON object with --json):
   devices, fsdp, frozen_dtype, remat  the layout (--devices, --fsdp, --frozen-dtype, --remat)
   trained_params, trained_bytes, opt_state_bytes, opt_state_ratio (= opt / trained bytes;
                 AdamW keeps 2 moments so ~2.0)
+  sparse_values the k values of a sparse term (part of trained_params); index_bytes its
+                int32 positions (frozen, never trained). A sparse term's mask is resolved on
+                the random base (random or magnitude; the Fisher information needs data)
   recompiles    number of extra compilations during the timed steps (must be 0)
   load          os.getloadavg() when the run started (the machine is shared)
 """
@@ -186,6 +189,7 @@ def bench_jax(args, method: str, base_cache: dict) -> dict:
     import jax
 
     import jax.numpy as jnp
+    from flax import traverse_util
 
     import unified_petl as up
     from unified_petl.train.optim import make_optimizer
@@ -197,11 +201,12 @@ def bench_jax(args, method: str, base_cache: dict) -> dict:
     hf_config = _config(args)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     seq2seq = hf_config.is_encoder_decoder
-    model = up.build(hf_config, method, num_labels=None if seq2seq else 2,
-                     pretrained_head=False if not seq2seq else None, dtype=dtype,
-                     remat=args.remat)
-    cfg = model.cfg
-    full = bool(model.method.full)
+    kwargs = dict(num_labels=None if seq2seq else 2,
+                  pretrained_head=False if not seq2seq else None, dtype=dtype)
+    parsed = up.parse_method(method)
+    plain = up.build(hf_config, "none", **kwargs)
+    cfg = plain.cfg
+    full = bool(parsed.full)
     layout = {"devices": args.devices, "fsdp": args.fsdp, "frozen_dtype": args.frozen_dtype,
               "remat": args.remat}
     head = {"impl": "jax", "arch": args.arch, "method": method, "batch": args.batch,
@@ -210,29 +215,38 @@ def bench_jax(args, method: str, base_cache: dict) -> dict:
     problem = frozen_dtype_problem(full, args.frozen_dtype)
     if problem:  # as the trainer: one line, no numbers
         return {**head, "refused": problem}
+    if args.memory_only and parsed.sparse is not None:
+        return {**head, "refused": "--memory-only compiles from shapes; a sparse term's mask "
+                "needs the weights: leave out --memory-only"}
     local = random_batch(cfg, args.batch, args.seq, args.tgt)
     init_batch = {k: v[:1, :8] for k, v in local.items()
                   if k in ("input_ids", "attention_mask", "decoder_input_ids")}
-    optimizer, schedule = make_optimizer({"lr": 1e-4, "weight_decay": 0.01}, 1000)
+    optimizer, schedule = make_optimizer({"lr": 1e-4, "weight_decay": 0.01}, 1000,
+                                         method=parsed)
     mesh = make_mesh(args.devices, fsdp=args.fsdp)
 
     t0 = time.perf_counter()
     if args.memory_only:
+        model = up.build(hf_config, parsed, **kwargs, remat=args.remat)
         state, frozen = _abstract_layout(model, full, optimizer, mesh, args)
         batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=data_sharded(mesh))
                  for k, v in local.items()}
     else:
         key = jax.random.key(0)
         if "params" not in base_cache:  # the random base: the same tree for every method
-            variables = jax.jit(lambda k: model.init({"params": k, "dropout": k},
+            variables = jax.jit(lambda k: plain.init({"params": k, "dropout": k},
                                                      **init_batch))(key)
             base_cache["params"] = variables["params"]
-            delta = variables.get("delta", {})
             del variables
-        else:
-            delta = up.init_delta(model, key, init_batch, params=base_cache["params"])
         params = base_cache["params"]
-        trainable, frozen = split_trainable(full, params, delta)
+        mask = _mask(parsed, hf_config, params, kwargs["num_labels"] or 0)
+        model = up.build(hf_config, parsed if mask is None else mask.attach(parsed), **kwargs,
+                         remat=args.remat)
+        delta = up.init_delta(model, key, init_batch, params=params,
+                              masks=mask if parsed.sparse is not None else None)
+        trainable, frozen = split_trainable(full, params, delta,
+                                            grad_mask=None if mask is None or not full
+                                            else mask.grad_mask())
         # copies: the base stays intact
         state = init_state(trainable, optimizer, 0, mesh, min_size=args.fsdp_min_size)
         frozen = place_frozen(frozen, mesh, min_size=args.fsdp_min_size,
@@ -305,6 +319,8 @@ def bench_jax(args, method: str, base_cache: dict) -> dict:
     except Exception:
         pass
 
+    sparse_values = sum(int(x.size) for p, x in traverse_util.flatten_dict(
+        state.trainable, sep="/").items() if p.endswith("_sparse"))
     # Adam's step counters are scalars; the moments are the rest.
     moment_bytes = sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(state.opt_state)
                        if x.ndim > 0)
@@ -321,10 +337,30 @@ def bench_jax(args, method: str, base_cache: dict) -> dict:
         "collectives": _collectives(compiled), **sizes,
         "opt_moment_bytes": moment_bytes,
         "opt_state_ratio": opt_bytes / max(trained_bytes, 1),
+        "sparse_values": sparse_values,  # k of a sparse term (inside trained_params)
+        "index_bytes": sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(frozen)
+                           if jnp.issubdtype(x.dtype, jnp.integer)),
         "recompiles": recompiles, "loss": float(metrics["loss"]),
         "load": list(os.getloadavg()),
     }
     return result
+
+
+def _mask(method, hf_config, params, num_labels: int):
+    """The mask of a sparse term or of Child-Tuning_D on the random base (random or magnitude
+    criterion: the Fisher information needs a task's data), else None."""
+    from unified_petl import masks
+    from unified_petl.models.loading import Base
+
+    term = method.sparse or (method.grad_mask if method.grad_mask is not None
+                             and method.grad_mask.mask == "fisher" else None)
+    if term is None:
+        return None
+    if term.mask not in ("random", "magnitude"):
+        raise SystemExit(f"{method.name}: the bench resolves random and magnitude masks only "
+                         "(the Fisher information needs a task's data)")
+    return masks.compute(Base(config=hf_config, params=params), method, num_labels=num_labels,
+                         params=params)
 
 
 # --------------------------------------------------------------------------- HF PEFT (PyTorch)

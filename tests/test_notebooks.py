@@ -20,7 +20,7 @@ NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
                          "notebooks")
 
 
-@pytest.mark.parametrize("name", ["budget.ipynb", "inspect_delta.ipynb"])
+@pytest.mark.parametrize("name", ["budget.ipynb", "inspect_delta.ipynb", "sparse_masks.ipynb"])
 def test_notebook_runs(name, monkeypatch):
     path = os.path.join(NOTEBOOKS, name)
     if not os.path.exists(path):

@@ -39,6 +39,11 @@ def build(config: Any, method: "str | Method" = "none", *, num_labels: Optional[
     cfg = arch_config(config)
     method = parse_method(method) if isinstance(method, str) else method.validate()
     method = method.resolve(cfg).validate(encoder_only=not cfg.seq2seq)
+    if method.sparse is not None and not method.sparse.counts:
+        raise SpecError(f"{method.sparse.short()} chooses its weights from a mask: resolve it "
+                        "before building the model (mask = up.masks.compute(...) or "
+                        "up.masks.SparseMask.load(path, base); up.build(config, "
+                        "mask.attach(method), ...)); the trainer does this itself")
     if cfg.seq2seq:
         return BartForConditionalGeneration(cfg, method, decode=decode, dtype=dtype, remat=remat)
     has_cls_arch = any("ForSequenceClassification" in a
@@ -75,11 +80,16 @@ def shape_tree(model, collection: Optional[str] = "params") -> Any:
     return dict(shapes) if collection is None else shapes.get(collection, {})
 
 
-def init_delta(model, rng: jax.Array, batch: Optional[dict] = None, params: Any = None) -> Any:
+def init_delta(model, rng: jax.Array, batch: Optional[dict] = None, params: Any = None, *,
+               masks=None, initial: Optional[dict] = None) -> Any:
     """The `delta` collection of `model` ({} when the method has no Δh variables).
 
     With `params`, only Δh is initialised (apply with the frozen tree, `delta` mutable);
     without, the whole model is initialised and its random base weights are dropped.
+    masks: the resolved mask of a sparse term (unified_petl.masks.SparseMask): its indices
+    fill the sparse index leaves; required when the model has any.
+    initial: {'/'-joined delta path: array} replacing the initial values of those leaves
+    (a warm start, e.g. diff pruning's stage 2); every path must exist with its shape.
     """
     batch = dict(batch if batch is not None else dummy_batch(model))
     batch = {k: v for k, v in batch.items() if k in _INPUT_KEYS}
@@ -90,11 +100,41 @@ def init_delta(model, rng: jax.Array, batch: Optional[dict] = None, params: Any 
                             "params= (the frozen tree) to init_delta")
         variables = jax.jit(lambda r: model.init(r, **batch))(rngs)
         check_patterns(model.method, variables["params"])
-        return variables.get("delta", {})
-    check_patterns(model.method, params)
-    _, state = jax.jit(lambda p, r: model.apply({"params": p}, **batch, rngs=r,
-                                                mutable=["delta"]))(params, rngs)
-    return state.get("delta", {})
+        delta = variables.get("delta", {})
+    else:
+        check_patterns(model.method, params)
+        _, state = jax.jit(lambda p, r: model.apply({"params": p}, **batch, rngs=r,
+                                                    mutable=["delta"]))(params, rngs)
+        delta = state.get("delta", {})
+    if model.method.sparse is not None:
+        from unified_petl.delta.sparse import flat_shapes, with_indices
+
+        if masks is None:
+            raise ValueError(f"{model.method.sparse.short()}: pass masks= (the SparseMask "
+                             "the method's counts came from) so that its indices are filled in")
+        delta = with_indices(delta, masks.indices(),
+                             flat_shapes(shape_tree(model, "params")))
+    if initial:
+        delta = _replace_leaves(delta, initial)
+    return delta
+
+
+def _replace_leaves(delta: Any, initial: dict) -> Any:
+    flat = traverse_util.flatten_dict(delta, sep="/")
+    for path, value in initial.items():
+        if path not in flat:
+            raise ValueError(f"initial Δh leaf {path} does not exist in this model's Δh; "
+                             "it was saved for another method")
+        old = flat[path]
+        if tuple(np.shape(value)) != tuple(old.shape) or np.asarray(value).dtype != old.dtype:
+            raise ValueError(f"initial Δh leaf {path} is {np.asarray(value).dtype}"
+                             f"{tuple(np.shape(value))}, the model's {old.dtype}"
+                             f"{tuple(old.shape)}")
+        if np.issubdtype(old.dtype, np.integer) and not np.array_equal(old, value):
+            raise ValueError(f"initial Δh leaf {path}: sparse indices differ from the mask's; "
+                             "the warm start was saved with another mask")
+        flat[path] = jnp.asarray(value)
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 _INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "decoder_input_ids",

@@ -1,4 +1,4 @@
-"""The command line: unified-petl train | eval | predict | sweep | report | count | export.
+"""The command line: unified-petl train | eval | predict | sweep | report | count | export | mask.
 
     unified-petl train   --config configs/demo/mam.py --workdir /tmp/mam [--config.optim.lr=1e-3]
     unified-petl eval    --workdir /tmp/mam [--best] [--split test]  # reads WORKDIR/config.json
@@ -7,6 +7,8 @@
     unified-petl report  R [R2 ...] [--json]
     unified-petl count   --base bart-large --method 'mam(l=30, r=512)' [--json]
     unified-petl export  --workdir /tmp/mam --format peft|adapters --out DIR [--best]
+    unified-petl mask    --config C --criterion fisher --density 0.005 --num-examples 1024 \
+                         --out MASK.safetensors   # then sparse(mask=file, path=MASK.safetensors)
 
 eval, predict and export read the run's config from WORKDIR/config.json (the trainer writes
 it) unless --config is given; --config.KEY=VALUE overrides apply either way. `eval --split S`
@@ -133,6 +135,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=("peft", "adapters"),
                    help="peft: Hugging Face PEFT; adapters: AdapterHub (adapters 1.3)")
     p.add_argument("--out", required=True, help="a new (or empty) folder for the adapter")
+    text = ("compute a mask of individual weights for a config's base and task: random, "
+            "magnitude, or FISH's Fisher information of the first N training examples")
+    p = sub.add_parser("mask", help=text, description=text + "; one bool tensor per weight, "
+                       "the base's fingerprint in the file (unified_petl.masks). The budget "
+                       "follows the config's method (a sparse term: the new head inside a "
+                       "global budget unless head_in_budget=false)." + overrides)
+    p.add_argument("--config", required=True, help="config file (path.py or path.py:arg)")
+    p.add_argument("--criterion", required=True, choices=("random", "magnitude", "fisher"))
+    p.add_argument("--density", type=float, required=True,
+                   help="fraction of the weights to keep, in (0, 1] (0.005 = 0.5%%)")
+    p.add_argument("--num-examples", type=int, default=1024,
+                   help="training examples of the Fisher information (FISH: 1024)")
+    p.add_argument("--out", required=True, help="the mask file to write (.safetensors)")
+    p.add_argument("--select", default=None, choices=("global", "per_leaf"),
+                   help="top k over all weights (default) or within every weight tensor")
+    p.add_argument("--pattern", default=None,
+                   help="regex over '/'-joined weight paths the mask may choose from")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="examples per microbatch of per-example gradients (default 8)")
     return parser
 
 
@@ -256,6 +277,19 @@ def _report(args, overrides) -> None:
     print(json.dumps(table, indent=2) if args.json else report.to_markdown(table))
 
 
+def _mask(args, overrides) -> None:
+    from unified_petl.masks import describe
+    from unified_petl.train.masking import mask_command
+
+    config = _load(args, overrides)
+    mask = mask_command(config, criterion=args.criterion, density=args.density,
+                        num_examples=args.num_examples, out=args.out, select=args.select,
+                        pattern=args.pattern, batch_size=args.batch_size)
+    print(describe(mask))
+    print(f"mask of {mask.k:,} weights written to {args.out}; train it with "
+          f"sparse(mask=file, path='{args.out}')", file=sys.stderr)
+
+
 def _count(args) -> None:
     from unified_petl.delta import budget
 
@@ -279,7 +313,7 @@ def quiet_libraries() -> None:
 
 # Subcommands that print their own output (train prints its results in main).
 COMMANDS = {"eval": _eval, "predict": _predict, "sweep": _sweep, "report": _report,
-            "export": _export}
+            "export": _export, "mask": _mask}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

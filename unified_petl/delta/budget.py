@@ -15,6 +15,13 @@ enough: no weights, no FLOPs.
   per gate, its W_g without the bias. Labels: lora (A, B of LoRA, rsLoRA and DoRA), dora (the
   magnitudes), ia3, gate (every learned gate, whatever term it scales).
 - percent_paper = 100 × paper / base_params.
+- sparse terms (unified_petl.delta.sparse) count their k trained values as trained, stored and
+  paper parameters of "sparse@params", and their int32 positions as `index_bytes` (4 per
+  value; not parameters). Without resolved counts (no mask yet) k comes from the shapes
+  alone, as the mask will have it: round(density × size) per leaf (select=per_leaf) or in
+  total (global, the new head inside the budget; per_layer then says "sparse:global").
+  Diff pruning ("diff@params") trains w and the gate logits in stage 1 and stores the k
+  values of its projection.
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ from typing import Any
 
 from flax import traverse_util
 
-from unified_petl.delta.spec import Method
+from unified_petl.delta.spec import Method, parse_method
 from unified_petl.models.config import ArchConfig, arch_config
 from unified_petl.shipped import config_path
 
@@ -54,9 +61,15 @@ def _size(shape) -> int:
 
 def term_label(path: tuple[str, ...], masked_paths: set) -> str:
     """Which axis-point a Δh leaf belongs to, from its path in the delta tree."""
+    from unified_petl.delta import diff_pruning, sparse
+
     joined = "/".join(path)
     if path in masked_paths:
         return "masked@params"
+    if sparse.is_values(path[-1]) or sparse.is_index(path[-1]):
+        return "sparse@params"
+    if path[-1].endswith(diff_pruning.W) or diff_pruning.is_gate(path[-1]):
+        return "diff@params"
     if path[-1].endswith(("gate_kernel", "gate_bias")):
         return "gate"
     if path[-1] == "ia3_l":
@@ -136,10 +149,18 @@ def count(config: Any, method: "str | Method", *, num_labels: int = 0) -> dict[s
     per_axis: {label: {trained, stored, paper}}, per_layer: {layer: trained}}.
     """
     from unified_petl.build import build, check_patterns, shape_tree
+    from unified_petl.delta import sparse
 
     cfg = arch_config(config)
-    model = build(config, method, num_labels=num_labels, pretrained_head=False)
-    method = model.method  # resolved for this base
+    method = parse_method(method) if isinstance(method, str) else method
+    unresolved = method.sparse if method.sparse is not None and not method.sparse.counts \
+        else None
+    shape_method = method if unresolved is None else Method(
+        terms=tuple(t for t in method.terms if t is not unresolved), name=method.name,
+        train_head=method.train_head)
+    model = build(config, shape_method, num_labels=num_labels, pretrained_head=False)
+    if unresolved is None:
+        method = model.method  # resolved for this base
     shapes = shape_tree(model, None)  # one trace for both collections
     check_patterns(method, shapes.get("params", {}))
     params = traverse_util.flatten_dict(shapes.get("params", {}))
@@ -156,13 +177,22 @@ def count(config: Any, method: "str | Method", *, num_labels: int = 0) -> dict[s
     per_layer: dict[str, int] = defaultdict(int)
     for path, leaf in flat_delta.items():
         label = term_label(path, masked_paths)
+        if sparse.is_index(path[-1]):  # fixed positions: stored as bytes, never trained
+            per_axis[label]["index_bytes"] = (per_axis[label].get("index_bytes", 0)
+                                              + 4 * _size(leaf.shape))
+            continue
         per_axis[label]["trained"] += _size(leaf.shape)
         per_layer[layer_of(path)] += _size(leaf.shape)
     for path, leaf in flat_delta.items():
-        per_axis[term_label(path, masked_paths)]["stored"] += stored_size(path, leaf.shape,
-                                                                          flat_delta)
+        if not sparse.is_index(path[-1]):
+            per_axis[term_label(path, masked_paths)]["stored"] += stored_size(
+                path, leaf.shape, flat_delta)
+    _elementwise_from_shapes(method, unresolved, params, flat_delta, per_axis, per_layer)
     for label, n in _paper_count(method, cfg, masked_size).items():
         per_axis[label]["paper"] += n
+    for label in ("sparse@params", "diff@params"):
+        if label in per_axis:
+            per_axis[label]["paper"] = per_axis[label]["stored"]
     if method.full:
         per_axis["full@params"] = {"trained": base_params, "stored": base_params,
                                    "paper": base_params}
@@ -178,6 +208,7 @@ def count(config: Any, method: "str | Method", *, num_labels: int = 0) -> dict[s
         "base_params": base_params,
         "trained": trained,
         "stored": stored,
+        "index_bytes": sum(v.get("index_bytes", 0) for v in per_axis.values()),
         "head": head,
         "paper": paper,
         "percent_paper": 100.0 * paper / base_params,
@@ -185,6 +216,33 @@ def count(config: Any, method: "str | Method", *, num_labels: int = 0) -> dict[s
         "per_axis": {k: dict(v) for k, v in sorted(per_axis.items())},
         "per_layer": dict(sorted(per_layer.items())),
     }
+
+
+def _elementwise_from_shapes(method, unresolved, params, flat_delta, per_axis, per_layer):
+    """The k of a sparse term without a mask yet, and diff pruning's stored k (see the
+    module docstring), from the shapes of the frozen weights and of the new head."""
+    from unified_petl.delta import sparse
+
+    term = unresolved if unresolved is not None else method.diff
+    if term is None:
+        return
+    sizes = {p: _size(params[tuple(p.split("/"))].shape) for p in sparse.candidates(
+        {"/".join(k): v.shape for k, v in params.items()}, term.pattern)}
+    head = sum(_size(v.shape) for p, v in flat_delta.items() if p[0].startswith("classifier")
+               ) if method.train_head and term.head_in_budget else 0
+    k = sparse.budget(term.density, term.select, sizes, head)
+    total = sum(k.values()) if isinstance(k, dict) else k
+    label = "sparse@params" if unresolved is not None else "diff@params"
+    entry = per_axis[label]
+    if unresolved is not None:
+        entry["trained"] += total
+        if isinstance(k, dict):
+            for path, n in k.items():
+                per_layer[layer_of(tuple(path.split("/")))] += n
+        else:
+            per_layer["sparse:global"] += total
+    entry["stored"] = total
+    entry["index_bytes"] = 4 * total
 
 
 def count_for(base: str, method: "str | Method", **kw) -> dict[str, Any]:
@@ -218,4 +276,7 @@ def format_count(result: dict[str, Any]) -> str:
                  f"{result['paper']:>14,}")
     lines.append(f"paper formula: {result['percent_paper']:.2f}% of the base; trained: "
                  f"{result['percent_trained']:.2f}%")
+    if result.get("index_bytes"):
+        lines.append(f"sparse positions: {result['index_bytes']:,} bytes (int32, stored "
+                     "with the values)")
     return "\n".join(lines)

@@ -8,9 +8,9 @@
 (kernel layout [d_in, d_out]). A merged model computes what the unmerged one computes at the
 cost of the base model alone. What cannot be folded is kept as it is: adapters, prefixes,
 prompts (non-linear in h) and gated LoRA (its gate depends on the input). DoRA and IA3 at a
-projection whose kernel or bias also carries a masked offset (BitFit, `masked`) are refused:
-the offset is added to the frozen weight at run time, after the fold, which would change the
-function.
+projection whose kernel or bias also carries a masked or sparse offset (BitFit, `masked`,
+`sparse`) are refused: the offset is added to the frozen weight at run time, after the fold,
+which would change the function.
 """
 from __future__ import annotations
 
@@ -66,11 +66,12 @@ def _merge(method: Method, params: Any, delta: Any, forms):
         if term not in folded:
             continue
         kernel_path, bias_path = site + ("kernel",), site + ("bias",)
-        if (term.dora or term.form == "ia3") and (kernel_path in flat_delta
-                                                  or bias_path in flat_delta):
-            raise SpecError(f"{'/'.join(site)} has a masked offset (e.g. BitFit) under a "
+        offsets = (kernel_path, bias_path, site + ("kernel_sparse",), site + ("bias_sparse",))
+        if (term.dora or term.form == "ia3") and any(p in flat_delta for p in offsets):
+            raise SpecError(f"{'/'.join(site)} has a masked or sparse offset under a "
                             f"{'DoRA' if term.dora else 'IA3'} term; fold the offsets into the "
-                            "frozen weights first (params + offset), then merge")
+                            "frozen weights first (params + offset, up.merge_sparse), then "
+                            "merge")
         kernel = flat_params[kernel_path]
         if term.form == "ia3":
             l = flat_delta.pop(site + ("ia3_l",))

@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 from unified_petl.delta.options import Options, SpecError, parse_call, split_top
 
-FORMS = ("prefix", "adapter", "lora", "ia3", "prompt", "masked", "full")
+FORMS = ("prefix", "adapter", "lora", "ia3", "prompt", "masked", "full", "sparse", "diff")
 AT = ("heads", "attn", "ffn", "embed", "params")
 INSERTIONS = ("parallel", "sequential")
 COMPOSITIONS = ("add", "scaled", "gated", "multiply")
@@ -34,6 +34,9 @@ INITS = ("bert", "lora", "ones")
 GATED_FORMS = ("prefix", "adapter", "lora")  # the additive terms a learned gate can scale
 LAYERNORMS = ("none", "in", "out")
 LORA_TARGETS = ("q", "k", "v", "o", "fc1", "fc2")
+SPARSE_MASKS = ("random", "magnitude", "fisher", "file")  # how a sparse term picks its weights
+CHILD_MASKS = ("fisher", "bernoulli")  # Child-Tuning_D / _F gradient masks of `full`
+SELECTS = ("global", "per_leaf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +77,24 @@ class Term:
       ||W + s·BA||, norm over the input dimension per output unit (`unified_petl.delta.dora`).
     input_targets: IA3: the targets whose INPUT the vector scales (PEFT's feedforward_modules,
       e.g. fc2: the FFN's intermediate activation); the other targets' OUTPUT is scaled.
+
+    Element-wise sparse Δh (unified_petl.delta.sparse, unified_petl.masks):
+    density: fraction of the candidate weights a sparse / diff term trains (full: the kept
+      fraction p of Child-Tuning's gradient mask).
+    mask: how the weights are chosen: random | magnitude | fisher | file (sparse); fisher
+      (Child-Tuning_D) | bernoulli (Child-Tuning_F) for a `full` term.
+    path: the mask file of mask=file. pattern (also): regex restricting the candidate leaves.
+    select: global (top k over all candidates) or per_leaf (top density of every leaf).
+    head_in_budget: with select=global the new task head is trained inside the budget, k =
+      round(density × (weights + head)) - head (FISH); false: k = round(density × weights),
+      the head on top (this project's usual accounting of a new head).
+    num_examples: N training examples of the Fisher information.
+    counts: the resolved number of trained values per '/'-joined `params` path, ((path, k),
+      ...): static shapes for jit, filled in when the mask is resolved (masks.SparseMask).
+    gate: diff pruning's hard-concrete gates (lower, upper, beta, log_alpha init, structured:
+      1.0 adds one gate per weight tensor); gate_lr: their learning rate; l0: the coefficient
+      of the expected-L0 penalty; steps: stage-1 (gated) steps; lr: stage-2 learning rate
+      (0: the config's optim.lr).
     """
 
     form: str
@@ -95,6 +116,18 @@ class Term:
     rslora: bool = False
     dora: bool = False
     input_targets: tuple[str, ...] = ()
+    density: float = 0.0
+    mask: str = ""
+    path: str = ""
+    select: str = "global"
+    head_in_budget: bool = True
+    num_examples: int = 0
+    counts: tuple[tuple[str, int], ...] = ()
+    gate: tuple[float, ...] = ()
+    gate_lr: float = 0.0
+    l0: float = 0.0
+    steps: int = 0
+    lr: float = 0.0
 
     def validate(self) -> None:
         def bad(msg):
@@ -174,10 +207,47 @@ class Term:
         if self.form == "masked":
             if not self.pattern:
                 bad("masked needs pattern=REGEX over parameter paths, e.g. '.*bias'")
+        if self.pattern:
             try:
                 re.compile(self.pattern)
             except re.error as e:
                 bad(f"pattern {self.pattern!r} is not a regex: {e}")
+        if self.form in ("sparse", "diff") or self.mask:
+            self._validate_sparse(bad)
+
+    def _validate_sparse(self, bad) -> None:
+        """The options of sparse, diff (diff pruning) and full with a gradient mask."""
+        if self.at != "params":
+            bad("element-wise sparse terms modify the weights; use at=params")
+        file_mask = self.form == "sparse" and self.mask == "file"
+        if not (_is_number(self.density) and 0.0 < self.density <= 1.0) and not (
+                file_mask and self.density == 0.0):
+            bad(f"density={self.density} must be in (0, 1], a fraction of the weights "
+                "(0.005 = 0.5%)")
+        masks = {"sparse": SPARSE_MASKS, "full": CHILD_MASKS, "diff": ("",)}.get(self.form)
+        if masks is None:
+            bad(f"mask= is an option of sparse and full terms, not {self.form}")
+        if self.mask not in masks:
+            bad(f"unknown mask criterion {self.mask!r}; use {', '.join(masks)}")
+        if file_mask and not self.path:
+            bad("mask=file needs path=MASK.safetensors (made by `unified-petl mask`)")
+        if self.path and not file_mask:
+            bad("path= names the mask file of mask=file")
+        if self.select not in SELECTS:
+            bad(f"unknown select {self.select!r}; use global or per_leaf")
+        if self.mask == "fisher" and not (_is_int(self.num_examples) and self.num_examples >= 1):
+            bad(f"num_examples={self.num_examples} must be an integer >= 1 (Fisher examples)")
+        if any(not _is_int(k) or k < 0 for _, k in self.counts):
+            bad("counts must be integers >= 0")
+        if self.form == "diff":
+            if len(self.gate) != 5:
+                bad("diff pruning needs gate=(lower, upper, beta, log_alpha_init, structured)")
+            lower, upper, beta = self.gate[:3]
+            if not (lower < 0.0 and upper > 1.0 and beta > 0.0):
+                bad(f"hard-concrete stretch ({lower}, {upper}) must have lower < 0 < 1 < upper "
+                    f"and beta={beta} > 0")
+            if self.steps < 0 or self.gate_lr <= 0.0 or self.l0 < 0.0 or self.lr < 0.0:
+                bad("diff pruning needs steps >= 1 (stage 1), alpha_lr > 0, l0 >= 0, lr >= 0")
 
     def _validate_ia3(self, bad) -> None:
         if self.scale != 1.0 or self.learn_scale:
@@ -232,13 +302,18 @@ class Term:
     def short(self) -> str:
         fields = dataclasses.asdict(self)
         default = dataclasses.asdict(Term(form=self.form, at=self.at))
-        parts = [f"{k}={v}" for k, v in fields.items() if k not in ("form",) and v != default[k]]
+        parts = [f"{k}={v}" for k, v in fields.items()
+                 if k not in ("form", "counts") and v != default[k]]
+        if self.counts:
+            parts.append(f"counts=<{len(self.counts)} leaves>")
         return f"{self.form}({', '.join(['at=' + self.at] + parts)})"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["targets"] = list(self.targets)
         d["input_targets"] = list(self.input_targets)
+        d["counts"] = [[p, int(k)] for p, k in self.counts]
+        d["gate"] = list(self.gate)
         return d
 
     @classmethod
@@ -247,6 +322,8 @@ class Term:
         d = dict(d)
         d["targets"] = tuple(d.get("targets", ()))
         d["input_targets"] = tuple(d.get("input_targets", ()))
+        d["counts"] = tuple((str(p), int(k)) for p, k in d.get("counts", ()))
+        d["gate"] = tuple(float(g) for g in d.get("gate", ()))
         return cls(**d)
 
 
@@ -304,6 +381,24 @@ class Method:
     def masked_patterns(self) -> tuple[str, ...]:
         return tuple(t.pattern for t in self.of("masked"))
 
+    @property
+    def sparse(self) -> Optional[Term]:
+        """The element-wise sparse term (sparse(...)), if any."""
+        found = self.of("sparse")
+        return found[0] if found else None
+
+    @property
+    def diff(self) -> Optional[Term]:
+        """Diff pruning's gated term (stage 1), if any."""
+        found = self.of("diff")
+        return found[0] if found else None
+
+    @property
+    def grad_mask(self) -> Optional[Term]:
+        """The `full` term of Child-Tuning (a gradient mask inside the optimiser), if any."""
+        found = tuple(t for t in self.of("full") if t.mask)
+        return found[0] if found else None
+
     def resolve(self, cfg) -> "Method":
         """The method with every term's base-dependent option set (`Term.resolve`)."""
         return dataclasses.replace(self, terms=tuple(t.resolve(cfg) for t in self.terms))
@@ -311,7 +406,7 @@ class Method:
     def validate(self, *, encoder_only: bool = False) -> "Method":
         for t in self.terms:
             t.validate()
-        for form in ("prefix", "prompt", "full"):
+        for form in ("prefix", "prompt", "full", "sparse", "diff"):
             if len(self.of(form)) > 1:
                 raise SpecError(f"method {self.name!r} has more than one {form} term; merge them")
         for target in LORA_TARGETS:
@@ -336,6 +431,9 @@ class Method:
                             "on an encoder-only model use prefix(l=...) instead")
         if self.full and len(self.terms) > 1:
             raise SpecError("full fine-tuning trains every weight; combine no other term with it")
+        if self.diff is not None and len(self.terms) > 1:
+            raise SpecError("diff pruning is a whole method (a gated stage, then a sparse one); "
+                            "combine no other term with it")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -468,6 +566,45 @@ def _unipelt(o: Options) -> tuple[Term, ...]:
     return prefix, lora, adapter
 
 
+def _elementwise(name: str, o: Options) -> Term:
+    """sparse / fish (a fixed mask), child_tuning (a gradient mask of full fine-tuning),
+    diff_pruning / diff_gates (both stages of diff pruning / the gated stage alone)."""
+    fraction = dict(low=0.0, high=1.0, low_open=True)
+    if name in ("sparse", "fish"):
+        mask = "fisher" if name == "fish" else o.choice("mask", "random", SPARSE_MASKS)
+        # mask=file: the density is the file's unless given (then it must agree)
+        return Term(form="sparse", at="params",
+                    density=o.float("density", 0.0 if mask == "file" else 0.005, **fraction),
+                    mask=mask, path=o.text("path", ""), pattern=o.text("pattern", ""),
+                    select=o.choice("select", "global", SELECTS),
+                    head_in_budget=o.bool("head_in_budget", True),
+                    num_examples=o.positive_int("num_examples", 1024))
+    if name == "child_tuning":
+        mode = o.choice("mode", "F", ("D", "F"))
+        # D masks the encoder/decoder layers only, as the authors' calculate_fisher ('layer'
+        # in the parameter name); F masks every trained weight (ChildTuningOptimizer.py).
+        return Term(form="full", at="params", mask="fisher" if mode == "D" else "bernoulli",
+                    density=o.float("p", 0.3, **fraction),
+                    pattern=o.text("pattern", r".*layers?_\d+/.*" if mode == "D" else ""),
+                    num_examples=o.positive_int("num_examples", 1024) if mode == "D" else 0)
+    # diff_pruning: both stages (unified_petl.train.diff_pruning); diff_gates: the gated stage
+    # alone, an ordinary one-stage method (what stage 1 trains).
+    steps = o.positive_int("steps", None if name == "diff_pruning" else 0)
+    if steps is None:
+        raise SpecError("diff_pruning needs steps=N: the stage-1 (gated) steps; the rest of "
+                        "total_steps trains the fixed sparse mask")
+    gate = (o.float("lower", -1.5, high=0.0, high_open=True),
+            o.float("upper", 1.5, low=1.0, low_open=True),
+            o.float("beta", 1.0, low=0.0, low_open=True), o.float("alpha_init", 5.0),
+            float(o.bool("structured", False)))
+    return Term(form="diff", at="params", density=o.float("density", 0.005, **fraction),
+                pattern=o.text("pattern", ""), gate=gate,
+                head_in_budget=o.bool("head_in_budget", True),
+                gate_lr=o.float("alpha_lr", 0.1, low=0.0, low_open=True),
+                l0=o.float("l0", 1.25e-7, low=0.0), steps=steps,
+                lr=o.float("lr", 0.0, low=0.0))
+
+
 def preset_terms(name: str, o: Options) -> tuple[Term, ...]:
     """The terms of one named preset, reading its options from `o` (paper defaults otherwise).
     Options the preset does not take are left in `o` (`Options.done` refuses them)."""
@@ -522,6 +659,8 @@ def preset_terms(name: str, o: Options) -> tuple[Term, ...]:
                          s=o.float("s", None, low=0.0, low_open=True),
                          dropout=o.float("dropout", None, low=0.0, high=1.0, high_open=True),
                          learn_gate=o.bool("learn_gate", False)),)
+    if name in ("sparse", "fish", "child_tuning", "diff_pruning", "diff_gates"):
+        return (_elementwise(name, o),)
     if name == "mam":
         prefix = _prefix(o, l=30, gate="concat")
         kw = _adapter_options(o, "ffn", r=512, s=4.0, init="lora")
@@ -532,7 +671,8 @@ def preset_terms(name: str, o: Options) -> tuple[Term, ...]:
 
 PRESETS = ("none", "full", "bitfit", "masked", "prompt", "prefix", "prefix_gated",
            "prefix_nogate", "lora", "rslora", "dora", "ia3", "houlsby", "pfeiffer", "pa", "sa",
-           "scaled_pa", "mh_pa", "mam", "unipelt")
+           "scaled_pa", "mh_pa", "mam", "unipelt", "sparse", "fish", "child_tuning",
+           "diff_pruning", "diff_gates")
 
 
 def parse_method(text: "str | Method", *, train_head: bool = True) -> Method:

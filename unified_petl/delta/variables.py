@@ -3,7 +3,9 @@
 Two collections (DESIGN.md decision 1): `params` holds the frozen pretrained weights, `delta`
 holds Δh. A Δh module calls `delta_param`; a base-model module reads each frozen weight through
 `frozen_param`, which adds a zero-initialised offset from `delta` when the weight's path matches
-a `masked(pattern=...)` term (BitFit is `masked('.*bias')`).
+a `masked(pattern=...)` term (BitFit is `masked('.*bias')`), k values at fixed positions for a
+`sparse(...)` term (unified_petl.delta.sparse) and gated differences for diff pruning
+(unified_petl.delta.diff_pruning).
 """
 from __future__ import annotations
 
@@ -30,10 +32,31 @@ def param_path(module: nn.Module, name: str) -> str:
 
 def frozen_param(module: nn.Module, name: str, init_fn: Callable, shape: Sequence[int],
                  patterns: Sequence[str] = ()) -> jax.Array:
-    """A frozen weight from `params`, plus a Δh offset from `delta` when its path is masked in."""
+    """A frozen weight from `params`, plus a Δh offset from `delta` when its path is masked in.
+
+    The element-wise terms of the module's method (`module.method`) apply here too: a sparse
+    term adds its k values (W + scatter(idx, v)), diff pruning its gated difference z ⊙ w.
+    """
     value = module.param(name, init_fn, tuple(shape), jnp.float32)
     if patterns and any(re.fullmatch(p, param_path(module, name)) for p in patterns):
         value = value + module.variable("delta", name, jnp.zeros, tuple(shape), jnp.float32).value
+    method = getattr(module, "method", None)
+    if method is not None and (method.sparse is not None or method.diff is not None):
+        value = _elementwise(module, name, value, method)
+    return value
+
+
+def _elementwise(module: nn.Module, name: str, value: jax.Array, method) -> jax.Array:
+    from unified_petl.delta import diff_pruning, sparse  # they import nothing from here
+
+    path = param_path(module, name)
+    k = sparse.count_for(method, path)
+    if k:
+        value = sparse.add_sparse(module, name, value, k)
+    term = method.diff
+    if term is not None and sparse.is_candidate(path) and (
+            not term.pattern or re.fullmatch(term.pattern, path)):
+        value = diff_pruning.add_gated(module, name, value, term)
     return value
 
 

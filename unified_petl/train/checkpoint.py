@@ -67,9 +67,16 @@ def method_differences(saved: dict, method: Method) -> list[str]:
         f"head trained: {old.train_head} -> {method.train_head}"]
     for i, (a, b) in enumerate(zip(old.terms, method.terms), 1):
         da, db = a.to_dict(), b.to_dict()
-        out += [f"term {i} ({b.form}) {k}: {da.get(k)!r} -> {db[k]!r}"
+        out += [f"term {i} ({b.form}) {k}: {_brief(da.get(k))} -> {_brief(db[k])}"
                 for k in db if da.get(k) != db[k]]
     return out
+
+
+def _brief(value) -> str:
+    """repr, with a long list (a sparse term's per-leaf counts) summarised."""
+    if isinstance(value, list) and len(value) > 6:
+        return f"<{len(value)} entries>"
+    return repr(value)
 
 
 def check_method(saved: dict, method: Method, what: str, fix: str) -> None:

@@ -61,6 +61,8 @@ trainer reads with its default. Top-level keys every training config has:
   num_devices     use the first n devices (0 = all)
   progress        show a tqdm progress bar
   save_delta      write WORKDIR/delta.safetensors at the end (save_delta format)
+  delta_init      a save_delta file of the same base and method to start Δh from ('' = the
+                  method's init): a warm start (diff pruning's stage 2 uses it)
 
 Resuming a workdir compares the config with its checkpoint's: only RESUMABLE_CHANGES (when
 the run logs, evaluates, saves; devices; progress) may differ, any other change is refused.
@@ -141,6 +143,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_devices = 0
     c.progress = True
     c.save_delta = True
+    c.delta_init = ""
     return c
 
 

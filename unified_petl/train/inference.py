@@ -30,7 +30,6 @@ from typing import Optional
 import jax
 import numpy as np
 
-from unified_petl.build import init_delta
 from unified_petl.train import optim as optim_lib
 from unified_petl.train import selection, storage
 from unified_petl.train.checkpoint import (Checkpointer, check_fingerprint, check_method,
@@ -82,10 +81,12 @@ def restore(config, workdir: str, run, mesh, *, best: bool):
                          f"{storage.join(workdir, 'config.json')}) or "
                          f"--config.method={meta['method']['name']!r}")
 
-        optimizer, _ = optim_lib.make_optimizer(config.optim, config.total_steps)
-        delta = init_delta(run.model, jax.random.key(config.seed), params=run.params)
+        optimizer, _ = optim_lib.make_optimizer(config.optim, config.total_steps,
+                                                method=run.model.method)
+        delta = run.init_delta(config.seed)
         trainable, frozen = split_trainable(run.full, run.params, delta,
-                                            train_head=run.model.method.train_head)
+                                            train_head=run.model.method.train_head,
+                                            grad_mask=run.grad_mask)
         # a damaged newest checkpoint falls back to the newest intact one, as in training
         state, meta = ckpt.restore_intact(init_state(trainable, optimizer, config.seed, mesh),
                                           same_run)
@@ -108,6 +109,13 @@ def eval_step_for(run, trainable, frozen, mesh):
     """The eval step for placed (trainable, frozen) trees."""
     return make_eval_step(run.model, mesh, trainable_sharding=shardings_of(trainable),
                           frozen_sharding=shardings_of(frozen))
+def _final_stage(config, workdir: str):
+    """A diff_pruning config scores its last (fixed-mask) stage, the run in `workdir`; the
+    workdir's mask (WORKDIR/mask.safetensors) gives a sparse run its weights."""
+    from unified_petl.train import diff_pruning
+
+    return diff_pruning.stage2_config(config, workdir) if diff_pruning.is_two_stage(config) \
+        else config
 
 
 # ----------------------------------------------------------------------------- data
@@ -240,10 +248,10 @@ def evaluate(config, workdir: str, *, base=None, best: bool = False,
     """
     from unified_petl.train.loop import _setup_devices
 
-    config = with_defaults(config)
+    config = _final_stage(with_defaults(config), workdir)
     check_config(config)
     mesh = _setup_devices(config)
-    run = build_run(config, base)
+    run = build_run(config, base, workdir=workdir)
     run, trainable, frozen, step = restore(config, workdir, run, mesh, best=best)
     whole = split is not None
     split = split or config.data.eval_split
@@ -289,7 +297,7 @@ def predict(config, workdir: str, *, base=None, best: bool = False,
 
     if split is not None and input_file is not None:
         raise ValueError("give a split or an input file, not both")
-    config = with_defaults(config)
+    config = _final_stage(with_defaults(config), workdir)
     check_config(config)
     tag = "best" if best else "latest"
     if input_file is None:
@@ -303,7 +311,7 @@ def predict(config, workdir: str, *, base=None, best: bool = False,
     out = out or storage.join(workdir, PREDICTIONS, f"predict_{tag}_{name}.jsonl")
     _check_writable(out)  # before the work: the predictions are the product
     mesh = _setup_devices(config)
-    run = build_run(config, base)
+    run = build_run(config, base, workdir=workdir)
     run, trainable, frozen, step = restore(config, workdir, run, mesh, best=best)
     trainable, frozen = place_as_trained(config, trainable, frozen, mesh)
     results = {"step": step, "selected": best}

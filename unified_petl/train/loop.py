@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import numpy as np
 
-from unified_petl.build import init_delta
+from unified_petl.train import diff_pruning
 from unified_petl.train import optim as optim_lib
 from unified_petl.train import selection, storage
 from unified_petl.train.checkpoint import (Checkpointer, CheckpointMismatch, barrier,
@@ -142,23 +142,27 @@ def train(config, workdir: str, *, base=None,
     # ---------------------------------------------------------------- 1. config, devices
     config = with_defaults(config)
     check_config(config)
+    if diff_pruning.is_two_stage(config):  # two runs: the gated stage, then a sparse one
+        return diff_pruning.train(config, workdir, base=base, hooks=hooks)
     mesh = _setup_devices(config)
     process0 = jax.process_index() == 0
     check_writable(workdir)  # before minutes of loading: a typo'd or read-only path
 
     # ---------------------------------------------------------------- 2. base, model, data
     wall_start = time.time()
-    run = build_run(config, base)
+    run = build_run(config, base, workdir=workdir)
     model, full = run.model, run.full
     selection_metric = selection.resolve(run.task, config.eval.selection, _decodes(run, config))
     train_data = encode_split(run, config, "train")
     eval_data = encode_split(run, config, config.data.eval_split)
 
     # ---------------------------------------------------------------- 3. Δh, optimiser
-    optimizer, schedule = optim_lib.make_optimizer(config.optim, config.total_steps)
-    delta = init_delta(model, jax.random.key(config.seed), params=run.params)
+    optimizer, schedule = optim_lib.make_optimizer(config.optim, config.total_steps,
+                                                   method=model.method)
+    delta = run.init_delta(config.seed)
     trainable, frozen = split_trainable(full, run.params, delta,
-                                        train_head=model.method.train_head)
+                                        train_head=model.method.train_head,
+                                        grad_mask=run.grad_mask)
     problem = frozen_dtype_problem(full, config.frozen_dtype)
     if problem:
         raise ConfigError(problem)
@@ -278,6 +282,7 @@ def train(config, workdir: str, *, base=None,
                 record = {"step": step, "loss": float(m["loss"]),
                           "loss_mean": float(np.mean(since_log)), "nll": float(m["nll"]),
                           "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"]),
+                          **({"penalty": float(m["penalty"])} if "penalty" in m else {}),
                           "steps_per_s": (step - log_step) / max(now - log_clock, 1e-9)}
                 writer.write(record)
                 since_log.clear()

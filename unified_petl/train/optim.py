@@ -11,6 +11,14 @@ The reference code used transformers' Trainer / fairseq defaults, which we mirro
 The optimiser only ever sees the trainable tree (Δh; for full fine-tuning the base weights
 too), so its state is as small as Δh.
 
+Method-specific parts (`make_optimizer(..., method=...)`):
+- Child-Tuning (unified_petl.train.child_tuning): the gradient mask sits between the clipping
+  and AdamW, as in the authors' ChildTuningAdamW;
+- diff pruning (unified_petl.delta.diff_pruning): the gate logits get their own Adam at a
+  constant learning rate (`diff_pruning(alpha_lr=0.1)`), no weight decay, clipped apart from
+  the rest, as the authors' separate `alpha_optimizer` (run_glue_diffpruning.py: AdamW(lr
+  0.1) whose scheduler is never stepped; `clip_grad_norm_` per parameter group).
+
 Paper settings (REFERENCE.md): XSum lr 5e-5, no warmup, wd 0.01, clip 0.1, default betas;
 en-ro the same with betas (0.9, 0.98), eps 1e-6, clip 1.0; GLUE lr 1e-4, warmup 6 %, wd 0.1,
 clip 1.0, betas (0.9, 0.98), eps 1e-6.
@@ -50,22 +58,39 @@ def decay_mask(tree: Any) -> Any:
     return jax.tree.map(lambda x: x.ndim >= 2, tree)
 
 
-def make_optimizer(optim: Any, total_steps: int) -> tuple[optax.GradientTransformation,
-                                                           Callable]:
+def make_optimizer(optim: Any, total_steps: int, method: Any = None
+                   ) -> tuple[optax.GradientTransformation, Callable]:
     """(optax transformation, schedule) from `config.optim` (a ConfigDict or a dict).
 
     Keys (missing ones take DEFAULTS): lr, warmup_steps | warmup_ratio, end_lr, b1, b2, eps,
-    weight_decay, max_grad_norm.
+    weight_decay, max_grad_norm. method: the model's Method, for Child-Tuning's gradient
+    mask and diff pruning's gate optimiser (see the module docstring).
     """
     check(optim, total_steps)
     lr = schedule(optim, total_steps)
-    parts = []
-    if float(_get(optim, "max_grad_norm")) > 0:
-        parts.append(optax.clip_by_global_norm(float(_get(optim, "max_grad_norm"))))
+    clip = float(_get(optim, "max_grad_norm"))
+    parts = [optax.clip_by_global_norm(clip)] if clip > 0 else []
+    child = getattr(method, "grad_mask", None)
+    if child is not None:
+        from unified_petl.train.child_tuning import mask_gradients
+
+        parts.append(mask_gradients(child))
     parts.append(optax.adamw(lr, b1=float(_get(optim, "b1")), b2=float(_get(optim, "b2")),
                              eps=float(_get(optim, "eps")),
                              weight_decay=float(_get(optim, "weight_decay")), mask=decay_mask))
-    return optax.chain(*parts), lr
+    tx = optax.chain(*parts)
+    diff = getattr(method, "diff", None)
+    if diff is not None:
+        from unified_petl.delta.diff_pruning import is_gate
+
+        gates = ([optax.clip_by_global_norm(clip)] if clip > 0 else []) + [
+            optax.adam(diff.gate_lr, b1=float(_get(optim, "b1")), b2=float(_get(optim, "b2")),
+                       eps=float(_get(optim, "eps")))]
+        labels = lambda tree: jax.tree_util.tree_map_with_path(
+            lambda path, _: "gates" if is_gate(str(getattr(path[-1], "key", path[-1])))
+            else "rest", tree)
+        tx = optax.multi_transform({"rest": tx, "gates": optax.chain(*gates)}, labels)
+    return tx, lr
 
 
 def check(optim: Any, total_steps: int) -> None:

@@ -22,17 +22,38 @@ from unified_petl.models.loading import (Base, CheckpointError, _strip_body_pref
 class Run:
     """base: Base (random_init: the re-initialised one, with its own fingerprint);
     task: data.Task; model: the Flax module with Δh; params: the frozen tree the model
-    expects; full: full fine-tuning (params are trained too)."""
+    expects; full: full fine-tuning (params are trained too); masks: the resolved
+    masks.SparseMask of a sparse term or Child-Tuning_D (None otherwise); initial: the warm
+    start of config.delta_init ({'/'-joined delta path: array}, {} without one)."""
 
     base: Base
     task: Any
     model: Any
     params: Any
+    masks: Any = None
+    initial: dict = dataclasses.field(default_factory=dict)
     warned: set = dataclasses.field(default_factory=set)  # warnings already printed
 
     @property
     def full(self) -> bool:
         return bool(self.model.method.full)
+
+    def init_delta(self, seed: int) -> Any:
+        """The initial Δh of this run: the model's init with `seed`, sparse indices from the
+        run's mask, and the warm start of config.delta_init."""
+        from unified_petl.build import init_delta
+
+        return init_delta(self.model, jax.random.key(seed), params=self.params,
+                          masks=self.masks if self.model.method.sparse is not None else None,
+                          initial=self.initial)
+
+    @property
+    def grad_mask(self) -> Optional[dict]:
+        """Child-Tuning_D's fixed gradient mask (split_trainable's grad_mask), else None."""
+        child = self.model.method.grad_mask
+        if child is None or child.mask != "fisher":
+            return None
+        return self.masks.grad_mask()
 
 
 def load_base(config, base: Optional[Base] = None) -> Base:
@@ -54,8 +75,12 @@ def _dummy_inputs():
     return {"input_ids": ids, "attention_mask": jnp.ones_like(ids)}
 
 
-def build_run(config, base: Optional[Base] = None) -> Run:
+def build_run(config, base: Optional[Base] = None, workdir: Optional[str] = None) -> Run:
+    """The run of `config`. workdir: where a resolved mask is kept between starts of the run
+    (unified_petl.train.masking; without it a mask is recomputed)."""
     from unified_petl.data import get_task
+    from unified_petl.delta.spec import parse_method
+    from unified_petl.train import masking
 
     task = get_task(config.task)
     base = load_base(config, base)
@@ -63,7 +88,9 @@ def build_run(config, base: Optional[Base] = None) -> Run:
     if task.kind == "classification":
         num_labels = int(config.model.num_labels) or task.num_labels
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-    model = build(overridden(base.config, config.get("base_overrides")), config.method,
+    method, masks = masking.resolve(config, base, task, parse_method(config.method),
+                                    workdir=workdir)
+    model = build(overridden(base.config, config.get("base_overrides")), method,
                   num_labels=num_labels, pretrained_head=bool(config.model.pretrained_head),
                   pooling=str(config.model.pooling), dtype=dtype,
                   remat=str(config.get("remat", "none")))
@@ -75,7 +102,21 @@ def build_run(config, base: Optional[Base] = None) -> Run:
                          f"(RoBERTa/BERT), not {config.base}")
     if task.kind == "seq2seq":
         check_decoding(config, model, base)
-    return Run(base=base, task=task, model=model, params=frozen_params(base, model))
+    return Run(base=base, task=task, model=model, params=frozen_params(base, model),
+               masks=masks, initial=_warm_start(config, base))
+
+
+def _warm_start(config, base: Base) -> dict:
+    """{'/'-joined delta path: array} of config.delta_init (a save_delta file of this base)."""
+    path = str(config.get("delta_init", "") or "")
+    if not path:
+        return {}
+    from flax import traverse_util
+
+    from unified_petl.train.checkpoint import load_delta
+
+    _, delta = load_delta(path, base)  # refuses another base
+    return traverse_util.flatten_dict(delta, sep="/") if delta else {}
 
 
 def check_decoding(config, model, base) -> None:

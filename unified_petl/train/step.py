@@ -13,8 +13,10 @@ ever exists for a frozen weight.
 
 Trainable tree: Δh (the `delta` collection) for every method but "full", with frozen =
 {"params": base weights, "delta": {}}; a method with head=false (the reference code's frozen
-random head) moves the new head from the trainable Δh to frozen["delta"]. For full
-fine-tuning trainable = {"params": base weights, "delta": the new head (or {})}, frozen = {}.
+random head) moves the new head from the trainable Δh to frozen["delta"]. Integer Δh leaves
+(a sparse term's fixed indices) are never trained: they go to frozen["delta"] too. For full
+fine-tuning trainable = {"params": base weights, "delta": the new head (or {})}, frozen = {}
+(Child-Tuning_D: {"grad_mask": its fixed gradient mask}, read by the optimiser).
 
 Batches (numpy on the host, this host's rows; see unified_petl.data.batching):
   classification: input_ids / attention_mask [/ token_type_ids] int32 [B, L], labels int32
@@ -34,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from unified_petl.train.sharding import (BATCH_AXES, MIN_SIZE, cast_floating, place,
@@ -41,6 +44,7 @@ from unified_petl.train.sharding import (BATCH_AXES, MIN_SIZE, cast_floating, pl
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "decoder_input_ids",
               "decoder_attention_mask")
+MASK_STREAM = 0x43544D  # Child-Tuning_F's masks: fold_in(step key, this), apart from dropout
 
 
 @flax.struct.dataclass
@@ -134,24 +138,49 @@ def is_head(name: str) -> bool:
     return name.startswith("classifier")
 
 
-def split_trainable(full: bool, params: Any, delta: Any, *, train_head: bool = True
-                    ) -> tuple[Any, Any]:
+def split_trainable(full: bool, params: Any, delta: Any, *, train_head: bool = True,
+                    grad_mask: Optional[dict] = None) -> tuple[Any, Any]:
     """(trainable, frozen) from the frozen base weights and the initial Δh (see the module
-    docstring); train_head=False keeps a new task head frozen at its random init."""
+    docstring); train_head=False keeps a new task head frozen at its random init.
+    grad_mask (full fine-tuning only): Child-Tuning_D's {'/'-joined trainable path: bool}."""
     if full:
-        return {"params": params, "delta": delta}, {}
-    if train_head:
+        return {"params": params, "delta": delta}, ({} if grad_mask is None
+                                                      else {"grad_mask": grad_mask})
+    if grad_mask is not None:
+        raise ValueError("a gradient mask belongs to full fine-tuning (Child-Tuning)")
+    flat = traverse_util.flatten_dict(delta) if delta else {}
+    keep = {p: not _is_integer(v) and (train_head or not is_head(p[0]))
+            for p, v in flat.items()}
+    if all(keep.values()):
         return delta, {"params": params, "delta": {}}
-    trainable = {k: v for k, v in delta.items() if not is_head(k)}
-    head = {k: v for k, v in delta.items() if is_head(k)}
-    return trainable, {"params": params, "delta": head}
+    trainable = {p: v for p, v in flat.items() if keep[p]}
+    fixed = {p: v for p, v in flat.items() if not keep[p]}
+    return (traverse_util.unflatten_dict(trainable) if trainable else {},
+            {"params": params, "delta": traverse_util.unflatten_dict(fixed)})
+
+
+def _is_integer(x) -> bool:
+    return jnp.issubdtype(x.dtype, jnp.integer)
 
 
 def variables(full: bool, trainable: Any, frozen: Any) -> dict[str, Any]:
     """The model's variable dict from the two trees (the inverse of split_trainable)."""
     if full:
         return {"params": trainable["params"], "delta": trainable["delta"]}
-    return {"params": frozen["params"], "delta": {**frozen["delta"], **trainable}}
+    return {"params": frozen["params"], "delta": merge_trees(frozen["delta"], trainable)}
+
+
+def merge_trees(a: Any, b: Any) -> Any:
+    """Nested dicts a and b merged key by key (b's leaves win; disjoint in practice)."""
+    if not a:
+        return b
+    if not b:
+        return a
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = (merge_trees(out[key], value)
+                    if isinstance(value, dict) and isinstance(out.get(key), dict) else value)
+    return out
 
 
 def init_state(trainable: Any, optimizer: optax.GradientTransformation, seed: int,
@@ -237,12 +266,17 @@ def make_train_step(model, optimizer: optax.GradientTransformation, mesh: Mesh, 
     device) whose gradients are summed in a lax.scan before one optimiser update.
     The state argument is donated: its buffers are reused for the new state.
     metrics (replicated fp32 scalars): loss (label-smoothed), nll, grad_norm, lr, weight
-    (tokens or examples that counted), finite (1 if every updated Δh value is finite).
+    (tokens or examples that counted), finite (1 if every updated Δh value is finite);
+    penalty (diff pruning: λ × expected L0, added to the objective once per step).
+    Child-Tuning's gradient mask gets its RNG (F: fold_in of the step's key) and fixed mask
+    (D: frozen["grad_mask"]) as optax extra arguments.
     """
     full = bool(model.method.full)
     seq2seq = model.cfg.seq2seq
     grad_fn = make_grad_fn(model, full=full, label_smoothing=label_smoothing)
     micro_sharding = NamedSharding(mesh, P(None, BATCH_AXES))
+    diff_term = model.method.diff
+    child = model.method.grad_mask
 
     def step(state: TrainState, frozen: Any, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -268,7 +302,20 @@ def make_train_step(model, optimizer: optax.GradientTransformation, mesh: Mesh, 
                      jax.tree.map(jnp.zeros_like, state.trainable))
             (loss, nll, grads), _ = jax.lax.scan(body, zeros,
                                                  (micro, jnp.arange(grad_accum)))
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
+        extra_metrics, extra_args = {}, {}
+        if diff_term is not None:  # the expected-L0 penalty, once per step
+            from unified_petl.delta.diff_pruning import penalty
+
+            value, penalty_grads = jax.value_and_grad(
+                lambda t: penalty(diff_term, t))(state.trainable)
+            grads = jax.tree.map(jnp.add, grads, penalty_grads)
+            extra_metrics["penalty"] = value
+        if child is not None:
+            extra_args["mask_key"] = jax.random.fold_in(rng, MASK_STREAM)
+            if "grad_mask" in frozen:
+                extra_args["grad_mask"] = frozen["grad_mask"]
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable,
+                                              **extra_args)
         trainable = optax.apply_updates(state.trainable, updates)
         # A finite loss can still produce an inf/NaN update (overflow); the trainer checks
         # this flag before every save so that no checkpoint ever holds a broken Δh.
@@ -277,7 +324,8 @@ def make_train_step(model, optimizer: optax.GradientTransformation, mesh: Mesh, 
         metrics = {"loss": loss, "nll": nll / denom,  # the aux nll is a sum
                    "finite": finite,
                    "grad_norm": optax.tree.norm(grads), "weight": weight,
-                   "lr": (schedule(state.step) if schedule is not None else jnp.zeros(()))}
+                   "lr": (schedule(state.step) if schedule is not None else jnp.zeros(())),
+                   **extra_metrics}
         metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
         return state.replace(step=state.step + 1, trainable=trainable,
                              opt_state=opt_state), metrics
