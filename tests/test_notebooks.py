@@ -8,6 +8,7 @@ executed copies are not written back.
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -39,3 +40,24 @@ def test_notebook_runs(name, monkeypatch):
     errors = [o for cell in nb.cells if cell.cell_type == "code"
               for o in cell.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, errors
+
+
+# A committed output must not show where it ran (a user's folders, this machine's venv) nor
+# a library's warning: the outputs are part of the documentation.
+MACHINE_PATH = re.compile(r"(/work/|/home/|/root/|/tmp/|/private/var/|site-packages|\\\\Users\\\\)")
+
+
+@pytest.mark.parametrize("name", ["budget.ipynb", "inspect_delta.ipynb", "sparse_masks.ipynb"])
+def test_committed_outputs_are_clean(name):
+    nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert any(c.get("outputs") for c in code), f"{name} is committed without outputs"
+    for i, cell in enumerate(code):
+        for out in cell.get("outputs", []):
+            kind = out.get("output_type")
+            assert kind != "error", f"{name} code cell {i}: an error output"
+            assert out.get("name") != "stderr", f"{name} code cell {i}: {out.get('text')!r}"
+            text = out.get("text", "") if kind == "stream" else \
+                "".join(out.get("data", {}).get("text/plain", ""))
+            found = MACHINE_PATH.search(text)
+            assert not found, f"{name} code cell {i} shows a machine path: {found.group(0)!r}"
