@@ -278,3 +278,46 @@ def test_full_finetuning_refuses_bf16_frozen_storage(bases, tmp_path):
                                           "method 'full' trains every weight"):
         train(config, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run" / "checkpoints" / "1")
+
+
+def _eval_cli(workdir, *overrides) -> tuple[dict, list]:
+    """`unified-petl eval --split validation` of `workdir` (its own config, `overrides`):
+    (scores, predicted texts in split order)."""
+    from unified_petl import cli
+
+    cli.main(["eval", "--workdir", workdir, "--split", "validation", *overrides])
+    results = json.load(open(os.path.join(workdir, "eval_results_validation.json")))
+    with open(results["predictions"]) as f:
+        return results["eval"], [json.loads(line)["output"] for line in f]
+
+
+def test_fsdp_bf16_seq2seq_run_decodes_as_one_device(tmp_path_factory, tmp_path):
+    """A seq2seq run on an fsdp=8 mesh (split Δh and bf16 frozen base, remat): its
+    evaluation during training decodes (eval.generate, beam search split over the 8 devices);
+    `unified-petl eval` on that mesh gives the same scores; and evaluated on ONE device (the
+    same checkpoint, the same bf16 weights, nothing split) the beam search returns the same
+    texts, example for example, and the same scores."""
+    from test_multiprocess import _source_dependent_bart
+
+    tiny_runs.enable_compile_cache(tmp_path_factory)
+    folder = _source_dependent_bart(tmp_path_factory)
+    train_file, eval_file = tiny_runs.write_data(str(tmp_path), "xsum")
+    config = tiny_runs.tiny_config(folder, train_file, eval_file, task="xsum",
+                                   method="mam(l=2, r=4, hidden=8)", total_steps=2,
+                                   checkpoint_every=2, num_devices=8, frozen_dtype="bfloat16",
+                                   remat="full")
+    config.mesh.fsdp, config.mesh.fsdp_min_size = 8, MIN_SIZE
+    config.eval.generate = True
+    config.generate.num_beams, config.generate.max_length = 2, 8
+    config.generate.min_length = 3
+    workdir = str(tmp_path / "run")
+    train(config, workdir)
+    during = json.load(open(os.path.join(workdir, "results.json")))["eval"]
+    assert "rouge2" in during  # decoded during training
+
+    eight, eight_texts = _eval_cli(workdir)
+    one, one_texts = _eval_cli(workdir, "--config.num_devices=1", "--config.mesh.fsdp=1")
+    assert one_texts == eight_texts and len(set(eight_texts)) > 8  # source-dependent outputs
+    for key, value in one.items():
+        np.testing.assert_allclose(eight[key], value, rtol=1e-5, err_msg=key)
+        np.testing.assert_allclose(during[key], value, rtol=1e-5, err_msg=key)
