@@ -109,6 +109,8 @@ def eval_step_for(run, trainable, frozen, mesh):
     """The eval step for placed (trainable, frozen) trees."""
     return make_eval_step(run.model, mesh, trainable_sharding=shardings_of(trainable),
                           frozen_sharding=shardings_of(frozen))
+
+
 def _final_stage(config, workdir: str):
     """A diff_pruning config scores its last (fixed-mask) stage, the run in `workdir`; the
     workdir's mask (WORKDIR/mask.safetensors) gives a sparse run its weights."""
