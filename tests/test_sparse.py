@@ -218,35 +218,54 @@ def test_fisher_equals_a_per_example_pytorch_loop(tiny_checkpoint):
                                    err_msg=path)
 
 
-def _one_step(model, params, batch, mesh, mask):
-    """Two train steps (past the warmup's lr 0) of `model` from its mask's init."""
+def _one_step(model, params, batch, mesh, mask, *, min_size=2 ** 16, frozen_dtype=None):
+    """Two train steps (past the warmup's lr 0) of `model` from its mask's init, the trees
+    placed as the trainer places them (FSDP rule of `min_size`, frozen weights as
+    `frozen_dtype`)."""
     from test_train import OPTIM
     from unified_petl.train import optim as optim_lib
-    from unified_petl.train.step import (global_batch, init_state, make_train_step, replicate,
-                                         split_trainable)
+    from unified_petl.train.sharding import shardings_of
+    from unified_petl.train.step import (global_batch, init_state, make_train_step,
+                                         place_frozen, split_trainable, state_shardings)
 
     optimizer, schedule = optim_lib.make_optimizer(OPTIM, 10)
     delta = up.init_delta(model, jax.random.key(0), params=params, masks=mask)
     trainable, frozen = split_trainable(False, params, delta)
-    state = init_state(trainable, optimizer, seed=0, mesh=mesh)
-    step = make_train_step(model, optimizer, mesh, schedule=schedule)
-    frozen = replicate(frozen, mesh)
+    state = init_state(trainable, optimizer, seed=0, mesh=mesh, min_size=min_size)
+    frozen = place_frozen(frozen, mesh, min_size=min_size, dtype=frozen_dtype)
+    step = make_train_step(model, optimizer, mesh, schedule=schedule,
+                           state_sharding=state_shardings(state),
+                           frozen_sharding=shardings_of(frozen))
     for _ in range(2):
         state, metrics = step(state, frozen, global_batch(batch, mesh))
-    return jax.device_get(state.trainable), jax.device_get(metrics)
+    return state, jax.device_get(metrics)
 
 
-def test_eight_devices_equal_one(setup):
-    from test_train import _batch
-
+@pytest.fixture(scope="module")
+def lora_sparse(setup):
     base = up.load_pretrained(setup[0])
     method = "lora(r=2) + sparse(density=0.3, mask=magnitude)"
     mask = masks_lib.compute(base, method, num_labels=2)
     model = up.build(base.config, mask.attach(method), num_labels=2)
-    params = frozen_params(base, model)
+    return model, frozen_params(base, model), mask
+
+
+@pytest.mark.parametrize("fsdp", [1, 4])
+def test_eight_devices_equal_one(setup, lora_sparse, fsdp):
+    """8-way data parallel, and a 2 x 4 data x fsdp mesh whose FSDP rule (min_size 64) splits
+    the sparse values, their indices and the frozen weights: the same two steps as 1 device."""
+    from test_train import _batch
+
+    model, params, mask = lora_sparse
     batch = _batch("roberta")
     one, m1 = _one_step(model, params, batch, make_mesh(devices=jax.devices()[:1]), mask)
-    eight, m8 = _one_step(model, params, batch, make_mesh(), mask)
+    min_size = 64 if fsdp > 1 else 2 ** 16
+    eight, m8 = _one_step(model, params, batch, make_mesh(fsdp=fsdp), mask, min_size=min_size)
+    if fsdp > 1:  # the layout under test: some sparse values are split over the fsdp axis
+        split = [k for k, v in traverse_util.flatten_dict(eight.trainable, sep="/").items()
+                 if k.endswith("_sparse") and not v.sharding.is_fully_replicated]
+        assert split, "no sparse leaf is split: the test does not test FSDP"
+    one, eight = jax.device_get(one.trainable), jax.device_get(eight.trainable)
     np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
     flat1, flat8 = (traverse_util.flatten_dict(t, sep="/") for t in (one, eight))
     assert any(k.endswith("_sparse") for k in flat1)
@@ -254,6 +273,40 @@ def test_eight_devices_equal_one(setup):
     for k, v in flat1.items():
         np.testing.assert_allclose(flat8[k], v, atol=1e-5, err_msg=k)
     assert any(float(np.abs(v).max()) > 0 for k, v in flat1.items() if k.endswith("_sparse"))
+
+
+@pytest.mark.parametrize("method", ["sparse(density=0.3, mask=magnitude)",
+                                    "diff_gates(density=0.1)"])
+def test_bf16_frozen_weights_keep_small_offsets(setup, method):
+    """frozen_dtype=bfloat16 stores W in bf16; W + Δ must still be formed in fp32, as a dense
+    offset is (a bf16 sum drops every offset below half a bf16 step of W, 2^-9 |W|). Reference:
+    the same model on the same (bf16-rounded) weights held in fp32."""
+    from unified_petl.train.sharding import cast_floating
+
+    base = up.load_pretrained(setup[0])
+    sparse_term = method.startswith("sparse")
+    mask = masks_lib.compute(base, method, num_labels=2) if sparse_term else None
+    model = up.build(base.config, mask.attach(method) if sparse_term else method, num_labels=2)
+    params = frozen_params(base, model)
+    delta = up.init_delta(model, jax.random.key(0), params=params, masks=mask)
+    suffix = "_sparse" if sparse_term else "_diff"
+    rng = np.random.default_rng(0)
+    flat = traverse_util.flatten_dict(delta, sep="/")
+    small = {k: (1e-4 * rng.standard_normal(v.shape)).astype(np.float32)
+             if k.endswith(suffix) else v for k, v in flat.items()}
+    zero = {k: np.zeros_like(v) if k.endswith(suffix) else v for k, v in flat.items()}
+    bf16 = cast_floating(params, jax.numpy.bfloat16)
+    held = cast_floating(bf16, jax.numpy.float32)  # the same values, fp32 storage
+    ids = np.array([[0, 5, 6, 7, 8, 9, 2]], np.int32)
+
+    def logits(p, d):
+        d = traverse_util.unflatten_dict(d, sep="/")
+        return np.asarray(model.apply({"params": p, "delta": d}, ids).logits, np.float64)
+
+    effect = logits(bf16, small) - logits(bf16, zero)
+    reference = logits(held, small) - logits(held, zero)
+    assert np.abs(reference).max() > 1e-6  # the offsets matter in fp32
+    np.testing.assert_allclose(effect, reference, atol=1e-2 * np.abs(reference).max())
 
 
 @pytest.mark.parametrize("text,message", [

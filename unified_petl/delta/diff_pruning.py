@@ -69,7 +69,7 @@ def add_gated(module, name: str, value: jax.Array, term) -> jax.Array:
                                 lambda: jnp.full((), alpha_init, jnp.float32)).value
         z = z * hard_concrete(group, module.make_rng("dropout") if sample else None, lower,
                               upper, beta)
-    return value + (z * w).astype(value.dtype)
+    return value + z * w  # fp32 even for a bf16-stored weight, as a dense offset (see sparse)
 
 
 def penalty(term, trainable: Any) -> jax.Array:

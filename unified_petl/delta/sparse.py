@@ -108,8 +108,14 @@ def add_sparse(module, name: str, value: jax.Array, k: int) -> jax.Array:
 
 
 def scatter_add(weight: jax.Array, index: jax.Array, values: jax.Array) -> jax.Array:
-    """weight with values [k] added at the flat positions index [k] (out-of-range: dropped)."""
-    flat = weight.reshape(-1).at[index].add(values.astype(weight.dtype), mode="drop")
+    """weight with values [k] added at the flat positions index [k] (out-of-range: dropped).
+
+    The sum is taken in the wider of the two dtypes (fp32 for a bf16-stored frozen weight,
+    frozen_dtype=bfloat16), as a dense offset `W + Δ` promotes: cast to bf16, an update
+    smaller than half a bf16 step of W (2^-9 |W|) would vanish from the forward pass and from
+    a merge."""
+    dtype = jnp.result_type(weight.dtype, values.dtype)
+    flat = weight.reshape(-1).astype(dtype).at[index].add(values.astype(dtype), mode="drop")
     return flat.reshape(weight.shape)
 
 
