@@ -9,6 +9,12 @@ adapters' W_up) look trained (the cost is the same either way). min_length is se
 to max_length by default, so every search runs the full max_length steps and the time does
 not depend on when a random model happens to emit EOS.
 
+--with-hf: after ours, transformers' PyTorch `generate` (BartForConditionalGeneration /
+MBart..., random-init from the same config) at the same settings (batch, source ids, beams,
+max/min length, no_repeat_ngram_size, length_penalty 1.0, early_stopping False, the config's
+forced BOS/EOS), then a line {"compare": ..., "ours_over_hf": ...} per method (the HF model
+has no Δh: it is the base's time, the denominator of every method). --hf alone: only HF.
+
 Printed (one JSON object per method with --json): gen_s (median wall time of one generate
 call, compile excluded), tokens_per_s (B · generated tokens / gen_s), compile_s (first call
 minus a timed call), peak_rss_bytes, device_peak_bytes, recompiles (compilations during the
@@ -42,6 +48,10 @@ def parse_args(argv=None):
     p.add_argument("--no-repeat", type=int, default=3, help="no_repeat_ngram_size")
     p.add_argument("--repeats", type=int, default=2, help="timed calls (median reported)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--with-hf", action="store_true",
+                   help="then time transformers' PyTorch generate at the same settings")
+    p.add_argument("--hf", action="store_true", help="time only transformers' generate")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
 
@@ -49,7 +59,6 @@ def parse_args(argv=None):
 def bench(args, method: str, base_cache: dict) -> dict:
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     import unified_petl as up
     from unified_petl.delta.budget import shipped_config
@@ -59,10 +68,7 @@ def bench(args, method: str, base_cache: dict) -> dict:
         raise SystemExit(f"{args.arch} is not a seq2seq model; beam search needs (m)BART")
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     model = up.build(hf_config, method, dtype=dtype)
-    rs = np.random.RandomState(0)
-    ids = rs.randint(4, hf_config.vocab_size, size=(args.batch, args.seq)).astype(np.int32)
-    ids[:, -1] = hf_config.eos_token_id
-    mask = np.ones_like(ids)
+    ids, mask = source(args, hf_config)
     small = {"input_ids": ids[:1, :8], "attention_mask": mask[:1, :8],
              "decoder_input_ids": ids[:1, :8]}
     key = jax.random.key(0)
@@ -120,11 +126,78 @@ def bench(args, method: str, base_cache: dict) -> dict:
     }
 
 
+def source(args, hf_config):
+    """The benchmark's source ids [B, S] (random tokens, EOS last) and mask, as numpy."""
+    import numpy as np
+
+    rs = np.random.RandomState(0)
+    ids = rs.randint(4, hf_config.vocab_size, size=(args.batch, args.seq)).astype(np.int32)
+    ids[:, -1] = hf_config.eos_token_id
+    return ids, np.ones_like(ids)
+
+
+def bench_hf(args) -> dict:
+    """transformers' generate on a random-init PyTorch model of args.arch, same settings."""
+    import torch
+    import transformers
+
+    from unified_petl.delta.budget import shipped_config
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hf_config = shipped_config(args.arch)
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    model = transformers.AutoModelForSeq2SeqLM.from_config(hf_config).to(dtype).eval()
+    ids, mask = (torch.from_numpy(a).long() for a in source(args, hf_config))
+    min_length = args.max_length if args.min_length is None else args.min_length
+
+    def call():
+        with torch.inference_mode():
+            return model.generate(input_ids=ids, attention_mask=mask, num_beams=args.beams,
+                                  max_length=args.max_length, min_length=min_length,
+                                  no_repeat_ngram_size=args.no_repeat, length_penalty=1.0,
+                                  early_stopping=False, do_sample=False, num_return_sequences=1,
+                                  use_cache=True)
+
+    t0 = time.perf_counter()
+    out = call()  # warm-up (allocator, lazy init), as ours compiles on its first call
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        out = call()
+        times.append(time.perf_counter() - t0)
+    gen_s = statistics.median(times)
+    generated = int(out.shape[1]) - 1
+    return {"impl": "transformers", "arch": args.arch, "method": "none", "batch": args.batch,
+            "seq": args.seq, "beams": args.beams, "max_length": args.max_length,
+            "min_length": min_length, "no_repeat_ngram_size": args.no_repeat,
+            "dtype": args.dtype, "torch": torch.__version__,
+            "transformers": transformers.__version__, "threads": torch.get_num_threads(),
+            "generated_tokens": generated, "gen_s": gen_s, "gen_s_all": times,
+            "tokens_per_s": args.batch * generated / gen_s, "first_call_s": first,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "load": list(os.getloadavg())}
+
+
 def main(argv=None):
     args = parse_args(argv)
     base_cache: dict = {}
-    for method in args.method or ["mam(l=16,r=16,s=2)"]:
-        print_result(bench(args, method, base_cache), args.json)
+    ours = []
+    if not args.hf:
+        for method in args.method or ["mam(l=16,r=16,s=2)"]:
+            ours.append(bench(args, method, base_cache))
+            print_result(ours[-1], args.json)
+    if args.hf or args.with_hf:
+        theirs = bench_hf(args)
+        print_result(theirs, args.json)
+        for result in ours:
+            print_result({"compare": result["method"], "arch": args.arch, "beams": args.beams,
+                          "ours_gen_s": result["gen_s"], "hf_gen_s": theirs["gen_s"],
+                          "ours_over_hf": result["gen_s"] / theirs["gen_s"],
+                          "same_length": result["generated_tokens"]
+                          == theirs["generated_tokens"]}, args.json)
 
 
 if __name__ == "__main__":

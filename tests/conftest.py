@@ -5,6 +5,9 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Tests never write into the user's compilation cache (~/.cache/unified-petl/jax); the CLI
+# and the demo they run (in process or as subprocesses) compile without it.
+os.environ["UNIFIED_PETL_COMPILE_CACHE"] = "0"
 
 import numpy as np
 import pytest

@@ -56,6 +56,18 @@ def test_workers_share_the_methods_and_keep_control_with_mam():
     parts = demo.groups(["lora", "full", "pa"], 2)
     assert sorted(sum(parts, [])) == ["full", "lora", "pa"] and len(parts) == 2
     assert demo.groups(["mam"], 4) == [["mam"]]
+    # full fine-tuning costs more than one method: its worker gets fewer of the others
+    parts = demo.groups(["full", "lora", "pa", "bitfit", "prefix"], 2)
+    assert sorted(sum(parts, [])) == ["bitfit", "full", "lora", "pa", "prefix"]
+    assert len(next(p for p in parts if "full" in p)) == 2
+
+
+def test_time_breakdown_rows_add_up():
+    row = {"name": "lora", "load": 3.0, "tokenise": 1.0, "compile": 20.0, "train": 60.0,
+           "evaluate": 4.0, "other": 2.0, "seconds": 87.0}
+    lines = demo.format_times([row]).splitlines()
+    assert lines[0].split() == ["seconds", *demo.PHASES, "total"]
+    assert lines[1].split() == ["lora", "3.0", "1.0", "20.0", "60.0", "4.0", "2.0", "90.0"]
 
 
 def test_demo_runs_end_to_end_in_two_workers(tmp_path, capsys):
@@ -64,8 +76,14 @@ def test_demo_runs_end_to_end_in_two_workers(tmp_path, capsys):
     demo.main(["--methods", "lora,control", "--steps", "3", "--jobs", "2",
                "--workdir", str(tmp_path)])
     out = capsys.readouterr().out
-    lines = [line for line in out.splitlines() if line.startswith(("lora", "control"))]
+    table, times = out.split("where the time went")
+    lines = [line for line in table.splitlines() if line.startswith(("lora", "control"))]
     assert [line.split()[0] for line in lines] == ["lora", "control"]
+    # where the time went: every phase measured, compiles seen, the parts add up to the row
+    for line in [line for line in times.splitlines() if line.startswith(("lora", "control"))]:
+        load, tokenise, compile_s, train, evaluate, other, total = map(float, line.split()[1:])
+        assert compile_s > 0 and tokenise > 0 and train > 0 and evaluate > 0 and load > 0
+        assert abs(load + tokenise + compile_s + train + evaluate + other - total) < 0.2
     for name, line in zip(("lora", "control"), lines):
         with open(tmp_path / name / "results.json") as f:
             results = json.load(f)

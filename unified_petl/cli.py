@@ -28,6 +28,10 @@ Exit codes (ONE line on stderr for each failure; UNIFIED_PETL_DEBUG=1 shows the 
        code too (launch/sweep.sbatch requeues the task)
   130  interrupted: Ctrl-C (SIGINT) made `train` save a checkpoint and stop (the same as
        SIGTERM); a second Ctrl-C stops at once, without one
+
+Compiled programs are cached in ~/.cache/unified-petl/jax (JAX's persistent compilation
+cache; a rerun skips the compiles): --no-compile-cache or UNIFIED_PETL_COMPILE_CACHE=0 turns
+it off, UNIFIED_PETL_COMPILE_CACHE=FOLDER moves it (unified_petl.compile_cache).
 """
 from __future__ import annotations
 
@@ -154,6 +158,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="regex over '/'-joined weight paths the mask may choose from")
     p.add_argument("--batch-size", type=int, default=None,
                    help="examples per microbatch of per-example gradients (default 8)")
+    for command in sub.choices.values():  # after the command: `train --no-compile-cache`
+        command.add_argument("--no-compile-cache", action="store_true",
+                             help="do not read or write JAX's persistent compilation cache "
+                                  "(also UNIFIED_PETL_COMPILE_CACHE=0; see "
+                                  "unified_petl.compile_cache)")
     return parser
 
 
@@ -321,6 +330,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     overrides, rest = _split_overrides(argv)
     args = _parser().parse_args(rest)
     quiet_libraries()
+    if args.command != "report":  # report reads JSON files: no JAX
+        from unified_petl import compile_cache
+
+        compile_cache.setup(enabled=not args.no_compile_cache)  # before anything compiles
     if overrides and args.command in ("count", "report"):
         _fail(f"--config.* overrides apply to train, eval, predict, sweep and export, not "
               f"{args.command}")

@@ -18,7 +18,13 @@ CPU cores with single-process XLA threading: on a 2-core machine XLA's two threa
 step of this small model up only 1.8x, and compilation is single-threaded, so two workers
 with one core each finish the four default runs about a sixth sooner. A method's wall time
 is then measured while the other worker runs. MAM and its control share a worker: the
-control reuses MAM's compiled programs from the worker's compilation cache.
+control reuses MAM's compiled programs from the compilation cache.
+
+Compiled programs go to JAX's persistent compilation cache (unified_petl.compile_cache:
+~/.cache/unified-petl/jax), so a second `make demo` skips every compile; --no-compile-cache
+(or UNIFIED_PETL_COMPILE_CACHE=0) keeps them in the run folder only. Below the table, the
+demo prints where each method's time went: load (the base, once per worker), tokenise,
+compile, train (steps 2..N), evaluate, other (model, Δh init, step 1's run, checkpoint).
 """
 from __future__ import annotations
 
@@ -52,20 +58,56 @@ def available() -> list[str]:
                   and not f.endswith("_common.py"))
 
 
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                  "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration",
+                  "/jax/compilation_cache/cache_retrieval_time_sec")
+
+
+class PhaseClock:
+    """Seconds spent compiling (tracing, lowering, XLA, cache reads), tokenising and
+    evaluating, summed from jax.monitoring events since the last `take`."""
+
+    def __init__(self):
+        import jax.monitoring
+
+        from unified_petl.train.loop import EVALUATE_EVENT, TOKENISE_EVENT
+
+        self.kinds = {**{e: "compile" for e in COMPILE_EVENTS}, TOKENISE_EVENT: "tokenise",
+                      EVALUATE_EVENT: "evaluate"}
+        self.seconds = dict.fromkeys(("compile", "tokenise", "evaluate"), 0.0)
+        jax.monitoring.register_event_duration_secs_listener(self._record)
+
+    def _record(self, event: str, duration: float, **_) -> None:
+        kind = self.kinds.get(event)
+        if kind is not None:
+            self.seconds[kind] += duration
+
+    def take(self) -> dict:
+        out, self.seconds = self.seconds, dict.fromkeys(self.seconds, 0.0)
+        return out
+
+
 def run(names, workdir: str, steps: int = 0) -> list[dict]:
-    """Train each named demo config in workdir/<name>; one result row per method.
-    steps > 0 replaces the configs' total_steps (a quick look, not the measured demo)."""
+    """Train each named demo config in workdir/<name>; one result row per method, with
+    where its time went (seconds): tokenise, compile, train (the steps, compiles excluded),
+    evaluate (its compile excluded), other (model, Δh init, checkpoint)."""
+    start = time.time()
     import unified_petl as up
     from unified_petl.train.config import load_config
     from unified_petl.train.loop import train
 
     import jax
 
-    # The control compiles exactly MAM's programs (the weights are arguments, not
-    # constants): a compilation cache in the run's folder turns that ~30 s into a read.
-    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    from unified_petl import compile_cache
+
+    if compile_cache.setup() is None:  # off: only the run folder (control reuses MAM's)
+        jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                          compile_cache.MIN_COMPILE_SECONDS)
+    clock = PhaseClock()
     base = up.load_pretrained(minilm_path())  # loaded once, shared by every method
+    load = time.time() - start
     rows = []
     for name in names:
         config = load_config(os.path.join(CONFIG_DIR, f"{name}.py"))
@@ -74,24 +116,51 @@ def run(names, workdir: str, steps: int = 0) -> list[dict]:
             config.total_steps = steps
         print(f"--- {name}: {config.method}{' (random init)' if config.random_init else ''}",
               file=sys.stderr, flush=True)
+        marks = {}
+
+        def mark(step, state, total=config.total_steps):
+            if step in (1, total):  # the first step ends its compile; the last, training
+                jax.block_until_ready(state.trainable)
+                marks[step] = (time.time(), clock.take())
+
+        clock.take()
         start = time.time()
-        results = train(config, os.path.join(workdir, name), base=base)
-        rows.append({"name": name, "method": config.method, "percent": results["percent_trained"],
+        results = train(config, os.path.join(workdir, name), base=base, hooks=[mark])
+        end, (first, before), (last, during) = time.time(), marks[1], marks[config.total_steps]
+        after = clock.take()
+        train_compile = during["compile"]  # a compile after step 1 (none expected)
+        rows.append({"name": name, "method": config.method,
+                     "percent": results["percent_trained"],
                      "accuracy": results["eval"]["accuracy"],  # percent, as everywhere
-                     "seconds": time.time() - start})
+                     "seconds": end - start, "load": load,
+                     "tokenise": before["tokenise"],
+                     "compile": before["compile"] + train_compile + after["compile"],
+                     "train": last - first - train_compile,  # steps 2..N; step 1: compile
+                     "evaluate": after["evaluate"] - after["compile"]})
+        rows[-1]["other"] = rows[-1]["seconds"] - sum(
+            rows[-1][k] for k in ("tokenise", "compile", "train", "evaluate"))
+        load = 0.0  # the base is loaded once per process
     return rows
 
 
+# Relative cost of a method's run (full fine-tuning: every weight's gradient and AdamW
+# over all 22.7M parameters); the rest ~1. Used only to balance the workers.
+COST = {"full": 1.7}
+
+
 def groups(names: list[str], jobs: int) -> list[list[str]]:
-    """names split into at most `jobs` groups of similar size, control with mam."""
+    """names split into at most `jobs` groups of similar cost (COST), control with mam:
+    run after MAM in the same process, the control reads MAM's compiled programs from the
+    compilation cache even when it starts empty."""
     paired = "mam" in names and "control" in names
     units = [[n] for n in names if not (paired and n in ("mam", "control"))]
     if paired:
         units.insert(0, ["mam", "control"])
+    cost = lambda unit: sum(COST.get(n, 1.0) for n in unit)
     out: list[list[str]] = [[] for _ in range(max(1, min(jobs, len(units))))]
-    for unit in sorted(units, key=len, reverse=True):  # largest first, to the smallest group
-        min(out, key=len).extend(unit)
-    return [g for g in out if g]
+    for unit in sorted(units, key=cost, reverse=True):  # largest first, to the cheapest group
+        min(out, key=cost).extend(unit)
+    return [sorted(g, key=names.index) for g in out if g]  # each worker in names' order
 
 
 def run_parallel(names: list[str], workdir: str, jobs: int, steps: int = 0) -> list[dict]:
@@ -133,6 +202,19 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+PHASES = ("load", "tokenise", "compile", "train", "evaluate", "other")
+
+
+def format_times(rows: list[dict]) -> str:
+    """Where each method's wall time went, in seconds (load: the base, once per worker;
+    other: model, Δh init, step 1's run, checkpoint)."""
+    lines = [f"{'seconds':<9}" + "".join(f"{p:>10}" for p in PHASES) + f"{'total':>10}"]
+    for r in rows:
+        lines.append(f"{r['name']:<9}" + "".join(f"{r.get(p, 0.0):>10.1f}" for p in PHASES)
+                     + f"{r['load'] + r['seconds']:>10.1f}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m unified_petl.demo",
                                      description=__doc__.split("\n\n")[0])
@@ -144,6 +226,10 @@ def main(argv=None) -> None:
                         help="worker processes, each on its share of the cores (1: this one)")
     parser.add_argument("--steps", type=int, default=0,
                         help="train this many steps instead of the configs' (a quick look)")
+    parser.add_argument("--no-compile-cache", action="store_true",
+                        help="do not use the persistent compilation cache in "
+                             "~/.cache/unified-petl/jax (also UNIFIED_PETL_COMPILE_CACHE=0); "
+                             "compiled programs are then cached in the run folder only")
     parser.add_argument("--rows", default=None, help=argparse.SUPPRESS)  # a worker's output
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.steps < 0:
@@ -156,6 +242,8 @@ def main(argv=None) -> None:
     cpus = os.environ.get("UNIFIED_PETL_DEMO_CPUS")
     if cpus and hasattr(os, "sched_setaffinity"):  # a worker: before jax starts its threads
         os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+    if args.no_compile_cache:  # read by compile_cache.setup here and in the workers
+        os.environ["UNIFIED_PETL_COMPILE_CACHE"] = "0"
     total = time.time()
     workdir = args.workdir or tempfile.mkdtemp(prefix="unified_petl_demo_")
     if args.jobs > 1 and len(names) > 1:  # the workers import what they need themselves
@@ -170,6 +258,9 @@ def main(argv=None) -> None:
             json.dump(rows, f)
         return
     print(format_table(rows))
+    workers = len(groups(names, args.jobs)) if args.jobs > 1 else 1
+    print(f"\nwhere the time went (s; {workers} worker(s), each running its methods in turn):")
+    print(format_times(rows))
     print(f"total {time.time() - total:.0f}s; runs in {workdir}")
 
 

@@ -21,6 +21,7 @@ from flax import traverse_util
 
 from unified_petl.delta.spec import Method, Term
 from unified_petl.delta.variables import delta_param, normal, torch_linear_init
+from unified_petl.models.dropout import dropout
 
 SITES = ("encoder", "decoder", "cross")  # prefix sets: encoder self, decoder self, decoder cross
 
@@ -68,8 +69,7 @@ def split_heads(prefix: jax.Array, n_heads: int) -> tuple[jax.Array, jax.Array]:
 
 def drop_probabilities(probs: jax.Array, rng: jax.Array, rate: float) -> jax.Array:
     """Attention-probability dropout: each entry kept with probability 1 - rate, rescaled."""
-    keep = jax.random.bernoulli(rng, 1.0 - rate, probs.shape)
-    return jnp.where(keep, probs / (1.0 - rate), 0.0)
+    return dropout(probs, rng, rate)  # keep_mask: 16 random bits per entry
 
 
 def gated_prefix_attention(q, k, v, bias, p_k, p_v, *, scale: float, gate: bool = True,

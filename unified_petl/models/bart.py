@@ -20,6 +20,7 @@ from unified_petl.delta.prefix import PrefixSet
 from unified_petl.delta.spec import Method
 from unified_petl.delta.variables import delta_param, frozen_param, normal, zeros
 from unified_petl.models.config import ArchConfig, activation_fn
+from unified_petl.models.dropout import Dropout
 from unified_petl.models.layers import (Attention, Dense, Embed, LayerNorm, causal_bias,
                                         padding_bias)
 from unified_petl.models.remat import remat_layer
@@ -53,9 +54,9 @@ class FeedForward(nn.Module):
         d = u.shape[-1]
         h = Dense(self.ffn_dim, self.method, "fc1", dtype=self.dtype, name="fc1")(u, deterministic)
         h = activation_fn(self.cfg.activation)(h)
-        h = nn.Dropout(self.cfg.activation_dropout)(h, deterministic=deterministic)
+        h = Dropout(self.cfg.activation_dropout)(h, deterministic=deterministic)
         f = Dense(d, self.method, "fc2", dtype=self.dtype, name="fc2")(h, deterministic)
-        f = nn.Dropout(self.cfg.dropout)(f, deterministic=deterministic)
+        f = Dropout(self.cfg.dropout)(f, deterministic=deterministic)
         for term in self.method.adapters("ffn", "sequential"):
             f = f + Adapter(term, d, self.dtype, name="ffn_adapter")(f, deterministic)
         for term in self.method.adapters("ffn", "parallel"):  # bypasses the residual dropout
@@ -76,8 +77,8 @@ class Layer(nn.Module):
         """Post-LN: LN(h + drop(fn(h))). Pre-LN: h + drop(fn(LN(h)))."""
         norm = LayerNorm(self.cfg.layer_norm_eps, self.method, name=norm_name)
         if self.cfg.pre_ln:
-            return h + nn.Dropout(self.cfg.dropout)(fn(norm(h)), deterministic=deterministic)
-        return norm(h + nn.Dropout(self.cfg.dropout)(fn(h), deterministic=deterministic))
+            return h + Dropout(self.cfg.dropout)(fn(norm(h)), deterministic=deterministic)
+        return norm(h + Dropout(self.cfg.dropout)(fn(h), deterministic=deterministic))
 
     @nn.compact
     def __call__(self, h, self_bias, enc=None, enc_bias=None, prefixes=None,
@@ -134,7 +135,7 @@ class Stack(nn.Module):
                                  h], axis=1)
             mask = jnp.concatenate([jnp.ones((b, prompt.shape[0]), mask.dtype), mask], axis=1)
         h = LayerNorm(cfg.layer_norm_eps, method, name="layernorm_embedding")(h)
-        h = nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+        h = Dropout(cfg.dropout)(h, deterministic=deterministic)
 
         prefixes = {}
         if method.prefix is not None:

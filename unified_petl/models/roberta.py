@@ -26,6 +26,7 @@ from unified_petl.delta.prefix import PrefixSet
 from unified_petl.delta.spec import Method
 from unified_petl.delta.variables import normal, zeros
 from unified_petl.models.config import ArchConfig, activation_fn
+from unified_petl.models.dropout import Dropout
 from unified_petl.models.layers import Attention, Dense, Embed, LayerNorm, padding_bias
 from unified_petl.models.remat import remat_layer
 
@@ -52,7 +53,7 @@ class EncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, h, bias, prefix=None, deterministic=True):
         cfg, method, d = self.cfg, self.method, self.cfg.d_model
-        drop = lambda x: nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+        drop = lambda x: Dropout(cfg.dropout)(x, deterministic=deterministic)
         attn = Attention(cfg.heads, method, BERT_NAMES, cfg.attention_dropout, dtype=self.dtype,
                          name="attention")(h, None, bias, prefix, deterministic)
         a = LayerNorm(cfg.layer_norm_eps, method, name="attention_LayerNorm")(h + drop(attn))
@@ -145,11 +146,11 @@ class RobertaModel(nn.Module):
             h = h + f32(types(jnp.zeros_like(input_ids) if token_type_ids is None
                               else token_type_ids))
         h = LayerNorm(cfg.layer_norm_eps, method, name="embeddings_LayerNorm")(h)
-        return nn.Dropout(cfg.dropout)(h, deterministic=deterministic).astype(self.dtype)
+        return Dropout(cfg.dropout)(h, deterministic=deterministic).astype(self.dtype)
 
     def _head(self, h, attention_mask, deterministic):
         cfg = self.cfg
-        drop = lambda x: nn.Dropout(cfg.classifier_dropout)(x, deterministic=deterministic)
+        drop = lambda x: Dropout(cfg.classifier_dropout)(x, deterministic=deterministic)
         if self.pooling == "mean":
             mask = attention_mask.astype(jnp.float32)[..., None]  # [B, L, 1]
             mean = (h.astype(jnp.float32) * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)

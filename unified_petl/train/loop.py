@@ -43,6 +43,12 @@ from unified_petl.train.step import (frozen_dtype_problem, global_batch, init_st
 from unified_petl.train.writer import MetricWriter, Preemption, warn
 
 
+# Phase durations for jax.monitoring listeners (the demo prints where its time went);
+# compilation has JAX's own events (/jax/core/compile/...).
+TOKENISE_EVENT = "/unified_petl/train/tokenise_duration"
+EVALUATE_EVENT = "/unified_petl/train/evaluate_duration"
+
+
 class TrainingDiverged(RuntimeError):
     """The loss (or gradient) became NaN/inf; the last good checkpoint was kept."""
 
@@ -153,8 +159,10 @@ def train(config, workdir: str, *, base=None,
     run = build_run(config, base, workdir=workdir)
     model, full = run.model, run.full
     selection_metric = selection.resolve(run.task, config.eval.selection, _decodes(run, config))
+    tokenise_start = time.time()
     train_data = encode_split(run, config, "train")
     eval_data = encode_split(run, config, config.data.eval_split)
+    jax.monitoring.record_event_duration_secs(TOKENISE_EVENT, time.time() - tokenise_start)
 
     # ---------------------------------------------------------------- 3. Δh, optimiser
     optimizer, schedule = optim_lib.make_optimizer(config.optim, config.total_steps,
@@ -222,7 +230,10 @@ def train(config, workdir: str, *, base=None,
                                    frozen_sharding=shardings_of(frozen))
 
         def run_eval():
-            return _evaluate(eval_step, state.trainable, frozen, eval_data, run, config, mesh)
+            eval_start = time.time()
+            out = _evaluate(eval_step, state.trainable, frozen, eval_data, run, config, mesh)
+            jax.monitoring.record_event_duration_secs(EVALUATE_EVENT, time.time() - eval_start)
+            return out
 
         def save(step):
             ckpt.save(step, state, {"method": method_spec, "fingerprint": run.base.fingerprint,
