@@ -292,7 +292,8 @@ def _eval_cli(workdir, *overrides) -> tuple[dict, list]:
 
 
 def test_fsdp_bf16_seq2seq_run_decodes_as_one_device(tmp_path_factory, tmp_path):
-    """A seq2seq run on an fsdp=8 mesh (split Δh and bf16 frozen base, remat): its
+    """A seq2seq run on an fsdp=8 mesh (split Δh and bf16 frozen base; remat has its own
+    tests above, and would only slow this one): its
     evaluation during training decodes (eval.generate, beam search split over the 8 devices);
     `unified-petl eval` on that mesh gives the same scores; and evaluated on ONE device (the
     same checkpoint, the same bf16 weights, nothing split) the beam search returns the same
@@ -304,8 +305,7 @@ def test_fsdp_bf16_seq2seq_run_decodes_as_one_device(tmp_path_factory, tmp_path)
     train_file, eval_file = tiny_runs.write_data(str(tmp_path), "xsum")
     config = tiny_runs.tiny_config(folder, train_file, eval_file, task="xsum",
                                    method="mam(l=2, r=4, hidden=8)", total_steps=2,
-                                   checkpoint_every=2, num_devices=8, frozen_dtype="bfloat16",
-                                   remat="full")
+                                   checkpoint_every=2, num_devices=8, frozen_dtype="bfloat16")
     config.mesh.fsdp, config.mesh.fsdp_min_size = 8, MIN_SIZE
     config.eval.generate = True
     config.generate.num_beams, config.generate.max_length = 2, 8
