@@ -16,7 +16,7 @@ import pytest
 
 import tiny_runs
 from unified_petl import cli
-from unified_petl.train import Checkpointer, load_delta, train
+from unified_petl.train import load_delta, train
 from unified_petl.train.config import load_config, override
 from unified_petl.train.writer import read_metrics
 
@@ -49,16 +49,8 @@ def runs(tmp_path_factory):
 
     with pytest.raises(Crash):
         train(config, killed, hooks=[crash_after_5])
-    assert _steps(killed) == [2, 4]
+    assert tiny_runs.checkpoint_steps(killed) == [2, 4]
     return {"reference": reference, "killed": killed, "config": config_file, "folder": folder}
-
-
-def _steps(workdir):
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-    try:
-        return ckpt.all_steps()
-    finally:
-        ckpt.close()
 
 
 def _records(workdir):
@@ -116,7 +108,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(runs, cap
         and "resuming from checkpoint 2" in err[0] and "4.corrupt" in err[0], err
     assert _records(workdir) == _records(runs["reference"])  # exact, from step 2 on
     assert os.path.isdir(bad + ".corrupt")  # kept for inspection, invisible to orbax
-    assert _steps(workdir) == [2, 4, 6]  # the intact checkpoint 2 is still there
+    assert tiny_runs.checkpoint_steps(workdir) == [2, 4, 6]  # the intact checkpoint 2 is still there
     assert json.load(open(os.path.join(workdir, "best", "best.json"))) == \
         json.load(open(os.path.join(runs["reference"], "best", "best.json")))
 
@@ -145,7 +137,7 @@ def test_partial_last_line_of_metrics_is_set_aside(runs, capsys, tmp_path):
     assert _records(workdir) == _records(runs["reference"])
     with open(os.path.join(workdir, "metrics.jsonl.corrupt")) as f:
         assert f.read() == '{"step": 6, "loss": 0.69\n'
-    assert _steps(workdir) == [2, 4, 6]
+    assert tiny_runs.checkpoint_steps(workdir) == [2, 4, 6]
 
 
 def test_damaged_best_record_is_rebuilt_from_metrics(runs, capsys, tmp_path):
@@ -199,7 +191,7 @@ def test_finished_run_rewrites_a_damaged_delta_and_results(runs, capsys, tmp_pat
     assert code == 0 and len(err) == 1 and "results.json is unreadable" in err[0], err
     expected = json.load(open(os.path.join(runs["reference"], "results.json")))
     assert json.load(open(results))["eval"] == expected["eval"]
-    assert os.path.exists(results + ".corrupt") and _steps(workdir) == [2, 4, 6]
+    assert os.path.exists(results + ".corrupt") and tiny_runs.checkpoint_steps(workdir) == [2, 4, 6]
     assert _records(workdir) == _records(runs["reference"])
 
 

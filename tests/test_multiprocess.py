@@ -77,7 +77,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import tiny_runs  # noqa: E402
-from unified_petl.train import Checkpointer, train  # noqa: E402
+from unified_petl.train import train  # noqa: E402
 from unified_petl.train.config import load_config, override  # noqa: E402
 from unified_petl.train.inference import evaluate  # noqa: E402
 from unified_petl.train.writer import read_metrics  # noqa: E402
@@ -175,14 +175,6 @@ def _train_args(setup, workdir):
         f"--config.{o}" for o in OVERRIDES]
 
 
-def _steps(workdir):
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-    try:
-        return ckpt.all_steps()
-    finally:
-        ckpt.close()
-
-
 def _texts(path):
     with open(path) as f:
         return [json.loads(line)["output"] for line in f]
@@ -210,7 +202,7 @@ def test_two_processes_preempted_killed_resumed_equal_one_process(setup, tmp_pat
     assert len(saved) == 2 and "Traceback" not in err, err[-3000:]
     step = int(saved[0].split("saved checkpoint ")[1].split()[0])
     assert all(f"saved checkpoint {step} " in line for line in saved), saved
-    assert 3 < step < STEPS and _steps(workdir) == [step], saved
+    assert 3 < step < STEPS and tiny_runs.checkpoint_steps(workdir) == [step], saved
     assert max(_losses(workdir)) == step  # nothing logged past the checkpoint
     assert sum("process 0 of 2" in line or "process 1 of 2" in line
                for line in err.splitlines()) == 2  # the startup line of each process
@@ -222,14 +214,14 @@ def test_two_processes_preempted_killed_resumed_equal_one_process(setup, tmp_pat
     run = Launch(setup, _train_args(setup, workdir), UP_TEST_PAUSE=f"{kill_at}:{pause}")
     run.wait_for(lambda: all((pause / f"paused.{i}").exists() for i in (0, 1)),
                  f"both processes reached step {kill_at}")
-    run.wait_for(lambda: _steps(workdir)[-1] > step, "a checkpoint after the resume")
+    run.wait_for(lambda: tiny_runs.checkpoint_steps(workdir)[-1] > step, "a checkpoint after the resume")
     run.signal(signal.SIGKILL)
     run.proc.communicate()
 
     # 3. the newest checkpoint damaged: the next rerun falls back to the one before (process
     # 0 renames it once, the other waits for that), resumes and finishes: the losses and the
     # evaluation of one uninterrupted process
-    steps = _steps(workdir)
+    steps = tiny_runs.checkpoint_steps(workdir)
     bad = os.path.join(workdir, "checkpoints", str(steps[-1]))
     with open(os.path.join(bad, "meta", "metadata"), "r+b") as f:
         f.truncate(5)

@@ -63,6 +63,17 @@ def enable_compile_cache(tmp_path_factory) -> str:
     return folder
 
 
+def checkpoint_steps(workdir: str) -> list[int]:
+    """The steps of the checkpoints kept in WORKDIR/checkpoints, oldest first."""
+    from unified_petl.train import Checkpointer
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        return ckpt.all_steps()
+    finally:
+        ckpt.close()
+
+
 def write_data(folder: str, kind: str, n_train: int = 64, n_eval: int = 16, seed: int = 0):
     """(train.json, eval.json) for task sst2 (classification) or xsum (seq2seq).
 
