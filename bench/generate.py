@@ -18,7 +18,8 @@ has no Δh: it is the base's time, the denominator of every method). --hf alone:
 Printed (one JSON object per method with --json): gen_s (median wall time of one generate
 call, compile excluded), tokens_per_s (B · generated tokens / gen_s), compile_s (first call
 minus a timed call), peak_rss_bytes, device_peak_bytes, recompiles (compilations during the
-timed calls: must be 0), load.
+timed calls: must be 0), load, keep_freed_memory (unified_petl.host_memory, as the CLI;
+process-wide, so transformers' side runs with it too; UNIFIED_PETL_KEEP_FREED_MEMORY=0: off).
 """
 from __future__ import annotations
 
@@ -183,15 +184,20 @@ def bench_hf(args) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
+    # as the CLI does (unified_petl.host_memory); UNIFIED_PETL_KEEP_FREED_MEMORY=0: glibc's
+    # defaults. Process-wide: PyTorch's side of a --with-* comparison runs with it too.
+    from unified_petl.host_memory import keep_freed_memory
+
+    keep = keep_freed_memory()
     base_cache: dict = {}
     ours = []
     if not args.hf:
         for method in args.method or ["mam(l=16,r=16,s=2)"]:
             ours.append(bench(args, method, base_cache))
-            print_result(ours[-1], args.json)
+            print_result({**ours[-1], "keep_freed_memory": keep}, args.json)
     if args.hf or args.with_hf:
         theirs = bench_hf(args)
-        print_result(theirs, args.json)
+        print_result({**theirs, "keep_freed_memory": keep}, args.json)
         for result in ours:
             print_result({"compare": result["method"], "arch": args.arch, "beams": args.beams,
                           "ours_gen_s": result["gen_s"], "hf_gen_s": theirs["gen_s"],

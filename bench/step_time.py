@@ -45,6 +45,9 @@ Printed (one JSON object with --json):
                 int32 positions (frozen, never trained). A sparse term's mask is resolved on
                 the random base (random or magnitude; the Fisher information needs data)
   recompiles    number of extra compilations during the timed steps (must be 0)
+  keep_freed_memory  whether freed host memory is kept for reuse (unified_petl.host_memory,
+                as the CLI does; UNIFIED_PETL_KEEP_FREED_MEMORY=0 runs glibc's defaults);
+                process-wide, so the PyTorch side of --with-peft runs with it too
   load          os.getloadavg() when the run started (the machine is shared)
 """
 from __future__ import annotations
@@ -458,6 +461,11 @@ def bench_peft(args, method: str) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
+    # as the CLI does (unified_petl.host_memory); UNIFIED_PETL_KEEP_FREED_MEMORY=0: glibc's
+    # defaults. Process-wide: PyTorch's side of a --with-* comparison runs with it too.
+    from unified_petl.host_memory import keep_freed_memory
+
+    keep = keep_freed_memory()
     methods = args.method or ["lora(r=16)"]
     # XLA flags must be set before jax is imported; only the CPU platform reads these.
     flags = os.environ.get("XLA_FLAGS", "")
@@ -490,7 +498,7 @@ def main(argv=None):
                             "peft_step_s": theirs["step_s"],
                             "ours_over_peft": ours["step_s"] / theirs["step_s"]})
         for result in results:
-            print_result(result, args.json)
+            print_result({**result, "keep_freed_memory": keep}, args.json)
 
 
 def print_result(result: dict, as_json: bool) -> None:

@@ -8,6 +8,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Tests never write into the user's compilation cache (~/.cache/unified-petl/jax); the CLI
 # and the demo they run (in process or as subprocesses) compile without it.
 os.environ["UNIFIED_PETL_COMPILE_CACHE"] = "0"
+# As the CLI and the demo do, before JAX starts its threads (unified_petl.host_memory).
+from unified_petl.host_memory import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()
 
 import numpy as np
 import pytest

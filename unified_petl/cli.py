@@ -326,6 +326,9 @@ COMMANDS = {"eval": _eval, "predict": _predict, "sweep": _sweep, "report": _repo
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    from unified_petl.host_memory import keep_freed_memory
+
+    keep_freed_memory()  # before JAX starts its threads (unified_petl.host_memory)
     argv = sys.argv[1:] if argv is None else list(argv)
     overrides, rest = _split_overrides(argv)
     args = _parser().parse_args(rest)

@@ -242,6 +242,9 @@ def main(argv=None) -> None:
     cpus = os.environ.get("UNIFIED_PETL_DEMO_CPUS")
     if cpus and hasattr(os, "sched_setaffinity"):  # a worker: before jax starts its threads
         os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+    from unified_petl.host_memory import keep_freed_memory
+
+    keep_freed_memory()  # freed step buffers are reused, not page-faulted anew each step
     if args.no_compile_cache:  # read by compile_cache.setup here and in the workers
         os.environ["UNIFIED_PETL_COMPILE_CACHE"] = "0"
     total = time.time()
