@@ -83,7 +83,8 @@ def test_demo_runs_end_to_end_in_two_workers(tmp_path, capsys):
     for line in [line for line in times.splitlines() if line.startswith(("lora", "control"))]:
         load, tokenise, compile_s, train, evaluate, other, total = map(float, line.split()[1:])
         assert compile_s > 0 and tokenise > 0 and train > 0 and evaluate > 0 and load > 0
-        assert abs(load + tokenise + compile_s + train + evaluate + other - total) < 0.2
+        # seven numbers printed to 0.1 s: their rounding alone can differ by 7 x 0.05
+        assert abs(load + tokenise + compile_s + train + evaluate + other - total) < 0.36
     for name, line in zip(("lora", "control"), lines):
         with open(tmp_path / name / "results.json") as f:
             results = json.load(f)
