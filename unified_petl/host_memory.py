@@ -4,17 +4,19 @@ demo and the benchmarks.
 XLA's CPU backend allocates a step's temporaries and outputs afresh at every call (the
 gradients, the dense word-embedding gradient, the activations) and frees them at its end.
 glibc hands large free blocks (over a threshold that grows to 32 MB) and the free tops of
-its per-thread arena heaps back to the kernel, so the next step touches new pages and page-faults its whole working set again:
-a MiniLM full fine-tuning step on one core took 49,500 minor faults and 0.14 s of kernel
-time (a sixth of the step), a LoRA step 28,500 and 0.08 s. With one malloc arena, no mmap
+its per-thread arena heaps back to the kernel, so the next step touches new pages and
+page-faults its whole working set in again: a MiniLM full fine-tuning step on one core took
+49,500 minor faults and 0.14 s of kernel time (a sixth of the step), a LoRA step 28,500 and
+0.08 s. With one malloc arena, no mmap
 for large blocks and no trimming, the memory freed by one step serves the next:
 
     MiniLM, batch 32 x 16 tokens, one core   full     LoRA     MAM
     default glibc                            0.80 s   0.46 s   0.45 s
     keep_freed_memory()                      0.70 s   0.39 s   0.42 s   (0 faults per step)
 
-The cost: the process keeps its peak host memory until it exits instead of returning freed
-blocks to the system (the peak itself is unchanged), which is what a training process does
+The cost: the process keeps the host memory it has freed until it exits, and its resident
+size can settle somewhat above glibc's (for the first few steps the heap grows until it
+holds a free block of every size a step asks for); a training process holds its peak
 anyway. UNIFIED_PETL_KEEP_FREED_MEMORY=0 leaves glibc's defaults. Elsewhere than glibc
 (macOS, musl) nothing is changed.
 """
