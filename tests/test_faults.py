@@ -108,7 +108,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(runs, cap
         and "resuming from checkpoint 2" in err[0] and "4.corrupt" in err[0], err
     assert _records(workdir) == _records(runs["reference"])  # exact, from step 2 on
     assert os.path.isdir(bad + ".corrupt")  # kept for inspection, invisible to orbax
-    assert tiny_runs.checkpoint_steps(workdir) == [2, 4, 6]  # the intact checkpoint 2 is still there
+    assert tiny_runs.checkpoint_steps(workdir) == [2, 4, 6]  # the intact 2 is still there
     assert json.load(open(os.path.join(workdir, "best", "best.json"))) == \
         json.load(open(os.path.join(runs["reference"], "best", "best.json")))
 

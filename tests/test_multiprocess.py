@@ -214,7 +214,8 @@ def test_two_processes_preempted_killed_resumed_equal_one_process(setup, tmp_pat
     run = Launch(setup, _train_args(setup, workdir), UP_TEST_PAUSE=f"{kill_at}:{pause}")
     run.wait_for(lambda: all((pause / f"paused.{i}").exists() for i in (0, 1)),
                  f"both processes reached step {kill_at}")
-    run.wait_for(lambda: tiny_runs.checkpoint_steps(workdir)[-1] > step, "a checkpoint after the resume")
+    run.wait_for(lambda: tiny_runs.checkpoint_steps(workdir)[-1] > step,
+                 "a checkpoint after the resume")
     run.signal(signal.SIGKILL)
     run.proc.communicate()
 

@@ -293,11 +293,11 @@ def _eval_cli(workdir, *overrides) -> tuple[dict, list]:
 
 def test_fsdp_bf16_seq2seq_run_decodes_as_one_device(tmp_path_factory, tmp_path):
     """A seq2seq run on an fsdp=8 mesh (split Δh and bf16 frozen base; remat has its own
-    tests above, and would only slow this one): its
-    evaluation during training decodes (eval.generate, beam search split over the 8 devices);
-    `unified-petl eval` on that mesh gives the same scores; and evaluated on ONE device (the
-    same checkpoint, the same bf16 weights, nothing split) the beam search returns the same
-    texts, example for example, and the same scores."""
+    tests above, and would only slow this one): its evaluation during training decodes
+    (eval.generate, beam search split over the 8 devices); `unified-petl eval` on that mesh
+    gives the same scores; and evaluated on ONE device (the same checkpoint, the same bf16
+    weights, nothing split) the beam search returns the same texts, example for example, and
+    the same scores."""
     from test_multiprocess import _source_dependent_bart
 
     tiny_runs.enable_compile_cache(tmp_path_factory)
