@@ -59,3 +59,9 @@ def test_freed_step_buffers_are_reused_not_faulted_in_again():
 def test_turned_off_by_the_environment_variable():
     for value in ("0", "off", "false", "no"):
         assert host_memory.keep_freed_memory({host_memory.ENV: value}) is False
+
+
+def test_an_unknown_value_is_one_warning_line_and_off(capsys):
+    assert host_memory.keep_freed_memory({host_memory.ENV: "maybe"}) is False
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "UNIFIED_PETL_KEEP_FREED_MEMORY='maybe'" in err[0], err

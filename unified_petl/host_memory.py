@@ -39,9 +39,18 @@ def keep_freed_memory(environ=os.environ) -> bool:
     """Set SETTINGS with glibc's mallopt; True if they took effect.
 
     Call it first thing in a program, before JAX starts its threads (a thread keeps the
-    arena it first allocated from). Off with UNIFIED_PETL_KEEP_FREED_MEMORY=0.
+    arena it first allocated from). Off with UNIFIED_PETL_KEEP_FREED_MEMORY=0 (off, false,
+    no); another value than those or 1 (on, true, yes) is one warning line and off.
     """
-    if environ.get(ENV, "").strip().lower() in ("0", "off", "false", "no"):
+    from unified_petl.compile_cache import OFF, ON  # the same words for both switches
+
+    value = environ.get(ENV, "").strip().lower()
+    if value in OFF:
+        return False
+    if value not in ON:
+        print(f"warning: {ENV}={environ[ENV]!r} is neither on ({', '.join(ON[1:])}) nor off "
+              f"({', '.join(OFF)}); keeping glibc's defaults (set {ENV}=0 or 1)",
+              file=sys.stderr, flush=True)
         return False
     if not sys.platform.startswith("linux"):
         return False
